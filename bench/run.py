@@ -47,6 +47,7 @@ import common  # noqa: E402
 WORKER = BENCH / "tfmot_worker.py"
 BATCH = 32
 FLOAT_LR, QAT_LR = 2e-3, 1e-4
+MAX_ROUNDS = 400
 
 
 @dataclasses.dataclass
@@ -66,7 +67,8 @@ class Config:
     b4_models: list  # dicts: key, name, input_shape, alpha, num_classes
     b4_threads: tuple
     b4_warmup: int
-    b4_runs: int
+    b4_runs: int  # at least this many latency rounds ...
+    b4_seconds: float  # ... and more, up to MAX_ROUNDS, while one measurement takes less than this
     calibration_images: int = 8
 
 
@@ -81,21 +83,22 @@ MOBILENET_224 = _spec("MobileNetV2 (224x224)", "mobilenet_v2", 224, num_classes=
 RESNET50_224 = _spec("ResNet50 (224x224)", "resnet50", 224, num_classes=1000)
 
 PRESETS = {
-    "full": Config("full", [MOBILENET_B1, RESNET8_B1], b1_warmup=5, b1_rounds=30, profile_steps=5,
+    "full": Config("full", [MOBILENET_B1, RESNET8_B1], b1_warmup=5, b1_rounds=60, profile_steps=5,
                    b2_models=["lenet5", "convnet_bn"], b2_seeds=[0, 1, 2], b2_float_epochs=6,
                    b2_qat_epochs=2, b2_train_limit=None, b4_models=[MOBILENET_224, RESNET50_224],
-                   b4_threads=(1, 2), b4_warmup=3, b4_runs=15),
+                   b4_threads=(1, 2), b4_warmup=3, b4_runs=15, b4_seconds=20.0),
     "quick": Config("quick", [RESNET8_B1], b1_warmup=3, b1_rounds=15, profile_steps=3,
                     b2_models=["lenet5"], b2_seeds=[0], b2_float_epochs=6, b2_qat_epochs=1,
                     b2_train_limit=None, b4_models=[MOBILENET_224], b4_threads=(1, 2),
-                    b4_warmup=2, b4_runs=8),
+                    b4_warmup=2, b4_runs=8, b4_seconds=5.0),
     # Only for tests/test_bench.py: every code path, on models too small to mean anything.
     "tiny": Config("tiny", [_spec("resnet8 (16x16)", "resnet8", 16)], b1_warmup=1, b1_rounds=3,
                    profile_steps=1, b2_models=["lenet5"], b2_seeds=[0], b2_float_epochs=1,
                    b2_qat_epochs=1, b2_train_limit=320,
                    b4_models=[_spec("mobilenet_v2 (alpha 0.35, 32x32)", "mobilenet_v2", 32,
                                     alpha=0.35)],
-                   b4_threads=(1, 2), b4_warmup=1, b4_runs=2, calibration_images=2),
+                   b4_threads=(1, 2), b4_warmup=1, b4_runs=2, b4_seconds=0.0,
+                   calibration_images=2),
 }
 
 
@@ -338,12 +341,14 @@ def bench_accuracy(config, tfmot, workdir):
     return runs
 
 
-def tflite_latency(models, threads, warmup, runs, delegates=True):
+def tflite_latency(models, threads, config, delegates=True):
     """Interleaved invoke() times of .tflite models ({label: bytes}), batch 1.
 
     With `delegates`, ai-edge-litert applies its default delegate (XNNPACK), as a
-    user gets it; without, the models run on the builtin kernels. Returns
-    {"times": {label: [s]}, "ratios": {label: stats vs "float"}}.
+    user gets it; without, the models run on the builtin kernels. Fast models get
+    more rounds (config.b4_seconds), since a few-millisecond call is the most
+    exposed to other processes. Returns {"times": {label: [s]}, "ratios": {label:
+    stats vs "float"}}.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -361,7 +366,11 @@ def tflite_latency(models, threads, warmup, runs, delegates=True):
             value = rng.random(detail["shape"], dtype=np.float32)
         interpreter.set_tensor(detail["index"], value)
         steps[label] = interpreter.invoke
-    times = common.interleaved_times(steps, warmup, runs)
+    start = time.perf_counter()
+    common.interleaved_times(steps, 0, max(config.b4_warmup, 1))
+    per_round = (time.perf_counter() - start) / max(config.b4_warmup, 1)
+    rounds = int(min(MAX_ROUNDS, max(config.b4_runs, config.b4_seconds / per_round)))
+    times = common.interleaved_times(steps, 0, rounds)
     return {"times": times, "ratios": {label: common.ratio_stats(times[label], times["float"])
                                        for label in times if label != "float"}}
 
@@ -442,12 +451,10 @@ def bench_export(config, tfmot, workdir):
                   if path.exists()}
         entry["ops"] = {label: dict(tfqat.inspect_tflite(content).op_histogram)
                         for label, content in models.items()}
-        entry["latency"] = {str(n): tflite_latency(models, n, config.b4_warmup, config.b4_runs)
-                            for n in config.b4_threads}
+        entry["latency"] = {str(n): tflite_latency(models, n, config) for n in config.b4_threads}
         # Without XNNPACK: does the int8/float ratio come from the kernels or the delegate?
         entry["latency_builtin"] = tflite_latency(
-            {k: models[k] for k in ("float", "tfqat int8")}, 1, config.b4_warmup,
-            config.b4_runs, delegates=False)
+            {k: models[k] for k in ("float", "tfqat int8")}, 1, config, delegates=False)
     return results
 
 

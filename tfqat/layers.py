@@ -196,21 +196,26 @@ class FusedQuantLayer(keras.layers.Layer):
 
     def _folded_with_batch_stats(self, inputs, keep_stats=None):
         gamma, beta, bias = self._bn_affine()
-        kernel_view = self._raw_kernel_view()
-        batch_outputs = self._linear(inputs, kernel_view) + bias
-        axes = list(range(len(batch_outputs.shape) - 1))
+        # w_fold = W * gamma / sigma_b * correction_scale == W * gamma / sigma_mv, and the
+        # gradient through sigma_b cancels exactly: computed from sigma_mv, the trained
+        # weights are bit for bit the exported ones, with fewer ops.
+        w_fold = self.folded_kernel_view()
+        unbiased_outputs = self._linear(inputs, self._raw_kernel_view())
+        quantized_outputs = self._linear(inputs, self._quantize(w_fold, True))
+        axes = list(range(len(unbiased_outputs.shape) - 1))
         # Synchronized across replicas so results do not depend on the replica count.
-        batch_mean, batch_variance = keras.ops.moments(
-            batch_outputs, axes=axes, synchronized=_replicas_in_sync() > 1)
+        unbiased_mean, batch_variance = keras.ops.moments(
+            unbiased_outputs, axes=axes, synchronized=_replicas_in_sync() > 1)
+        batch_mean = unbiased_mean + bias  # the conv bias only shifts the mean
         eps = self.batchnorm["epsilon"]
         sigma_b = tf.sqrt(batch_variance + eps)
         sigma_mv = self._moving_sigma()
         correction_scale = tf.identity(sigma_b / sigma_mv, name="correction_scale")
         correction_recip = tf.identity(1.0 / correction_scale, name="correction_recip")
         correction_offset = tf.identity(tf.zeros_like(batch_mean), name="correction_offset")
-        w_fold = kernel_view * (gamma / sigma_b * correction_scale)
-        outputs = correction_recip * self._linear(inputs, self._quantize(w_fold, True))
-        outputs = outputs + (beta + gamma * (bias - batch_mean) / sigma_b) + correction_offset
+        # Per-channel terms are summed first: one broadcast add on the full tensor.
+        offset = beta + gamma * (bias - batch_mean) / sigma_b + correction_offset
+        outputs = correction_recip * quantized_outputs + offset
         momentum = self.batchnorm["momentum"]
         for moving, batch in ((self.moving_mean, batch_mean), (self.moving_variance, batch_variance)):
             updated = moving * momentum + batch * (1.0 - momentum)
