@@ -7,7 +7,10 @@ module is passed in, so the same code builds and trains a model in Keras 3
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import tempfile
 import time
 
 import numpy as np
@@ -125,6 +128,33 @@ def fit_in_order(model, x, y, orders, batch_size):
     """Trains one epoch per row of `orders`, visiting examples in exactly that order."""
     for order in orders:
         model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+
+
+def atomic_write(path, content):
+    """Writes bytes or text to `path` through a temporary file, so no reader sees half a file."""
+    path = pathlib.Path(path)
+    data = content.encode() if isinstance(content, str) else content
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def package_versions(packages):
+    """{package: installed version or "not installed"}, without importing the packages."""
+    from importlib import metadata
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def steps_per_epoch(num_examples, batch_size):

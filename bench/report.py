@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+import common
 import op_profile
 
 TARGETS = {"pre_freeze": 1.6, "post_freeze": 1.15, "size": 0.27, "latency": 0.6}
@@ -52,17 +53,11 @@ def _table(header, rows):
 def step_ratios(entry):
     """{label: median per-round ratio stats vs its own tool's float step} for one B1 model."""
     ours = entry["tfqat"]["times"]
-    ratios = {label: _ratio(ours[label], ours["float"]) for label in ours if label != "float"}
+    ratios = {label: common.ratio_stats(ours[label], ours["float"]) for label in ours if label != "float"}
     if entry.get("tfmot"):
         theirs = entry["tfmot"]["times"]
-        ratios[TFMOT_LABEL] = _ratio(theirs["tfmot"], theirs["float"])
+        ratios[TFMOT_LABEL] = common.ratio_stats(theirs["tfmot"], theirs["float"])
     return ratios
-
-
-def _ratio(numerator, denominator):
-    ratios = np.asarray(numerator) / np.asarray(denominator)
-    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
-    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
 
 
 def accuracy_summary(runs):
@@ -217,9 +212,7 @@ def plot_step_ratios(results, path):
     ax.set_ylabel("training step time / float step time")
     ax.set_title("B1: QAT step overhead (median of interleaved rounds, IQR bars)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_profile(results, path):
@@ -239,9 +232,7 @@ def plot_profile(results, path):
         ax.tick_params(axis="x", labelsize=7)
     axes[0][0].legend(fontsize=6)
     fig.suptitle("B1 profile: where a training step's CPU time goes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_accuracy(results, path):
@@ -261,9 +252,7 @@ def plot_accuracy(results, path):
     ax.set_ylabel("MNIST-5k test accuracy (%)")
     ax.set_title("B2: accuracy, mean ± std over seeds")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_fidelity(results, path):
@@ -284,9 +273,7 @@ def plot_fidelity(results, path):
                  default=100)
     left.set_ylim(min(95, lowest - 1), 100.5)
     fig.suptitle("B3: fidelity of each .tflite to its own QAT model")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_size_latency(results, path):
@@ -314,9 +301,7 @@ def plot_size_latency(results, path):
     right.set_ylabel("int8 / float latency (median ratio)")
     right.legend(fontsize=6)
     fig.suptitle("B4: int8 vs float .tflite (ai-edge-litert, XNNPACK)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_tool_times(results, path):
@@ -337,9 +322,18 @@ def plot_tool_times(results, path):
     ax.set_ylabel("wall time (s)")
     ax.set_title("B5: tool times")
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    """Writes a figure as PNG, atomically, and closes it."""
+    import io
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _plt().close(fig)
+    common.atomic_write(path, buffer.getvalue())
 
 
 PLOTS = (("b1_step_ratio.png", plot_step_ratios), ("b1_profile.png", plot_profile),
@@ -370,10 +364,10 @@ def write(results, output, plots_dir):
     plots, plot_note = make_plots(results, plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     json_path = plots_dir / "results.json"
-    json_path.write_text(json.dumps(results, indent=1))
+    common.atomic_write(json_path, json.dumps(results, indent=1))
     relative = {n: os.path.relpath(p, output.parent) for n, p in plots.items()}
     relative["results.json"] = os.path.relpath(json_path, output.parent)
-    output.write_text(render(results, relative, plot_note))
+    common.atomic_write(output, render(results, relative, plot_note))
 
 
 def _image(plots, name, alt):

@@ -499,17 +499,10 @@ def _git_revision():
 
 def versions():
     """Versions of the packages the tfqat side runs on."""
-    from importlib import metadata
-
     import tfqat
 
-    found = {"tfqat": tfqat.__version__ + _git_revision()}
-    for package in ("tensorflow", "keras", "ai-edge-litert", "numpy", "matplotlib", "mlxtend"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return {"tfqat": tfqat.__version__ + _git_revision(), **common.package_versions(
+        ("tensorflow", "keras", "ai-edge-litert", "numpy", "matplotlib", "mlxtend"))}
 
 
 # ---- main ---------------------------------------------------------------------------------

@@ -30,16 +30,8 @@ import common  # noqa: E402
 
 
 def _versions():
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for package in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
-                    "numpy"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return {"python": platform.python_version(), **common.package_versions(
+        ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"))}
 
 
 def _imports():
@@ -113,7 +105,7 @@ def accuracy(job):
         train_s = time.perf_counter() - start
         predictions = qat.predict(arrays["x_test"], batch_size=256, verbose=0)
         flatbuffer = _convert_int8(tf, qat)
-        pathlib.Path(run["tflite"]).write_bytes(flatbuffer)
+        common.atomic_write(run["tflite"], flatbuffer)
         np.savez(run["predictions"], qat=np.asarray(predictions, np.float32))
         runs.append({"key": run["key"], "float_accuracy": float(float_accuracy),
                      "qat_train_s": train_s})
@@ -133,7 +125,7 @@ def tool_times(job):
         start = time.perf_counter()
         flatbuffer = _convert_int8(tf, qat)
         export_s = time.perf_counter() - start
-        pathlib.Path(spec["tflite"]).write_bytes(flatbuffer)
+        common.atomic_write(spec["tflite"], flatbuffer)
         results[spec["key"]] = {"quantize_s": quantize_s, "export_s": export_s,
                                 "params": int(model.count_params()), "size": len(flatbuffer),
                                 "architecture": common.architecture_summary(model)}
@@ -148,7 +140,7 @@ def main(argv):
         sys.exit(f"usage: {argv[0]} JOB.json RESULT.json")
     job = json.loads(pathlib.Path(argv[1]).read_text())
     result = TASKS[job["task"]](job)
-    pathlib.Path(argv[2]).write_text(json.dumps(result))
+    common.atomic_write(argv[2], json.dumps(result))
 
 
 if __name__ == "__main__":
