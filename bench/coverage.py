@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import re
 import sys
 import time
 from typing import Callable

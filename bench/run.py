@@ -317,6 +317,7 @@ def bench_accuracy(config, tfmot, workdir):
             tfqat_scores = fidelity(qat.predict(x_test, batch_size=256, verbose=0), flatbuffer,
                                     x_test, y_test)
             runs.append({"model": name, "seed": seed, "float": float_accuracy,
+                         "examples": {"train": len(x_train), "test": len(x_test)},
                          "tfqat": {**tfqat_scores, "qat_train_s": train_s}, "tfmot": None})
             if tfmot.available:
                 key = f"{name}-{seed}"
@@ -510,7 +511,10 @@ def versions():
 def run(config, tfmot_option, workdir):
     """Runs every section; returns the results as a JSON-able dict."""
     started = time.perf_counter()
-    results = {"config": dataclasses.asdict(config), "machine": machine_description(),
+    results = {"config": dataclasses.asdict(config),
+               "setup": {"batch_size": BATCH, "float_learning_rate": FLOAT_LR,
+                         "qat_learning_rate": QAT_LR},
+               "machine": machine_description(),
                "versions": versions(), "section_s": {}}
     tfmot = find_tfmot(tfmot_option, workdir)
     for key, function in (("b1", bench_step_time), ("b2", bench_accuracy), ("b4", bench_export)):
