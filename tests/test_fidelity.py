@@ -44,3 +44,43 @@ def test_models_with_several_inputs_are_refused():
     qat = tfqat.quantize_model(keras.Model([a, b], keras.layers.Add()([a, b])))
     with pytest.raises(ValueError, match="one input"):
         op_fidelity(qat, b"", [np.zeros((1, 4)), np.zeros((1, 4))])
+
+
+def test_scopes_that_look_like_several_layers_go_to_the_right_one():
+    from tfqat.fidelity import _scope_owners
+
+    # Traced after conv2d_1, layer conv2d's scope is conv2d_2; conv2d_2's own is conv2d_2_2.
+    names = ["m/conv2d_1_1/Conv2D", "m/conv2d_2/Conv2D;m/conv2d_2/BiasAdd", "m/conv2d_2_2/Conv2D"]
+    calls = {"conv2d": 1, "conv2d_1": 1, "conv2d_2": 1}
+    assert _scope_owners(names, calls) == {
+        "conv2d_1_1": "conv2d_1", "conv2d_2_2": "conv2d_2", "conv2d_2": "conv2d"}
+    # With nothing to tell conv2d's scope from conv2d_1's, the scope is nobody's.
+    assert _scope_owners(["m/conv2d_1/Conv2D"], {"conv2d": 1, "conv2d_1": 1}) == {}
+
+
+def test_keras_auto_named_layers_of_one_shape_are_told_apart():
+    keras.backend.clear_session()  # so that Keras names the layers conv2d, conv2d_1, ...
+    keras.utils.set_random_seed(0)
+    convs = [keras.layers.Conv2D(3, 3, padding="same") for _ in range(4)]
+    assert [c.name for c in convs] == ["conv2d", "conv2d_1", "conv2d_2", "conv2d_3"]
+    inp = keras.Input((6, 6, 3))
+    x = inp
+    for index in (1, 0, 3, 2):  # conv2d's scope in the .tflite is then "conv2d_2"
+        x = convs[index](x)
+    qat = tfqat.quantize_model(keras.Model(inp, x))
+    images = np.random.default_rng(1).normal(0, 1, (16, 6, 6, 3)).astype("float32")
+    tfqat.calibrate(qat, images)
+    flatbuffer = tfqat.export_tflite(qat)
+    result = op_fidelity(qat, flatbuffer, images[:8])
+    assert result.num_checked == 4 and not result.unmatched
+    assert result.max_diff_lsb <= 1.0 + 1e-3, str(result)
+    for conv in convs:  # each layer's tensor is its own: a change shows there and only there
+        layer = qat.get_layer(conv.name)
+        saved = layer.bias.numpy()
+        layer.bias.assign(saved + 0.5)
+        try:
+            result = op_fidelity(qat, flatbuffer, images[:8])
+        finally:
+            layer.bias.assign(saved)
+        assert [d.quantizer for d in result.diffs if d.max_diff_lsb > 1.0 + 1e-3] == [
+            f"{conv.name}_fq"], str(result)

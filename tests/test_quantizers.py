@@ -5,7 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tfqat.quantizers import FIXED_RANGES, ActivationQuantizer, fake_quant_weights
+import keras
+
+from tfqat.activations import QuantActivation
+from tfqat.quantizers import (FIXED_RANGES, ActivationQuantizer, bypass_quantizers,
+                              fake_quant_weights)
 
 
 def reference_fake_quant(x, range_min, range_max, bits, narrow_range=False):
@@ -134,3 +138,35 @@ def test_calibration_flag():
     assert not q.is_calibrated
     q(np.ones((1, 2), np.float32), training=True)
     assert q.is_calibrated
+
+
+def test_bypass_leaves_step_counters_alone():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, QuantActivation("silu", quant_delay=2)(ActivationQuantizer()(inp)))
+    x = np.linspace(-3, 3, 8, dtype=np.float32).reshape(2, 4)
+    model(x, training=True)
+    counters = [layer for layer in model.layers if hasattr(layer, "step")]
+    assert [int(layer.step.numpy()) for layer in counters] == [1, 1]
+    with bypass_quantizers(model):
+        np.testing.assert_allclose(model(x, training=True).numpy(), x * (1 / (1 + np.exp(-x))),
+                                   rtol=1e-5)
+    assert [int(layer.step.numpy()) for layer in counters] == [1, 1]
+    model(x, training=True)
+    assert [int(layer.step.numpy()) for layer in counters] == [2, 2]
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_silu_inner_sigmoid_is_int8_whatever_the_bits(bits):
+    # TFLite's LOGISTIC output is int8, scale 1/256, zero point -128.
+    x = np.linspace(-6, 6, 301, dtype=np.float32)[None]
+    out = QuantActivation("silu", bits=bits)(x, training=False).numpy()
+    sigmoid = np.round(256 / (1 + np.exp(-x.astype(np.float64)))).clip(0, 255) / 256
+    np.testing.assert_allclose(out, x * sigmoid, atol=1e-6)
+
+
+def test_other_inner_fake_quants_follow_the_bits():
+    x = np.linspace(-4, 4, 101, dtype=np.float32)[None]
+    exact = np.clip(x + 3, 0, 6) / 6
+    coarse = QuantActivation("hard_sigmoid", bits=8)(x, training=False).numpy()
+    fine = QuantActivation("hard_sigmoid", bits=16)(x, training=False).numpy()
+    assert np.abs(fine - exact).max() < np.abs(coarse - exact).max() / 100

@@ -42,7 +42,7 @@ def test_activation_kind(layer, kind):
 def test_rule_table_order_and_names():
     assert [r.name for r in rules.RULES] == [
         "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "merge_relu",
-        "average_pool", "relu", "single_op_activation", "decomposed_activation",
+        "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
         "fixed_range_activation", "scale_preserving", "same_scale_op"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
@@ -77,7 +77,17 @@ def test_resize_predicate(layer, expected):
 ])
 def test_same_scale_op_predicate(layer, expected):
     assert rules.is_same_scale_op(layer) == expected
-    assert rules.is_average_pool(layer) == isinstance(layer, keras.layers.GlobalAveragePooling2D)
+    assert rules.is_global_average_pool(layer) == isinstance(
+        layer, keras.layers.GlobalAveragePooling2D)
+
+
+def test_only_a_division_by_a_constant_is_an_int8_op():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], [a / 2.0, a / b, 2.0 / a, keras.ops.divide(a, np.float32(3.0))])
+    nodes = [node for node in flatten_model(model).nodes
+             if rules.keras_op_name(node.layer) in rules.DIVISION_OPS]
+    assert [rules.divides_by_tensor(node) for node in nodes] == [False, True, True, False]
+    assert not rules.divides_by_tensor(flatten_model(keras.Model(a, a * 2.0)).nodes[0])
 
 
 def test_keras_ops_in_a_graph_are_merges():
@@ -126,6 +136,42 @@ def test_channel_affine_builder_composes_rescaling_and_normalization():
     replacement.load_weights()
     np.testing.assert_allclose(layer.kernel.numpy(), [1 / 255 / 2, 1 / 255 / 3], rtol=1e-6)
     np.testing.assert_allclose(layer.bias.numpy(), [(0.5 - 0.1) / 2, (0.5 - 0.2) / 3], rtol=1e-6)
+
+
+def test_channel_affine_is_per_channel_whatever_the_config():
+    norm = keras.layers.Normalization(mean=[0.1, 0.2], variance=[4.0, 9.0])
+    norm.build((None, 3, 3, 2))
+    replacement = rules.build_channel_affine({"affine": norm}, LayerQuantConfig(per_channel=False))
+    assert replacement.layers[0].per_channel is True
+
+
+def test_channel_affine_with_more_values_than_input_channels_names_the_layer():
+    # Keras broadcasts a 1-channel input to 3 channels; one op per input channel cannot.
+    rescale = keras.layers.Rescaling([1.0, 2.0, 3.0], name="rgb_scale")
+    replacement = rules.build_channel_affine({"affine": rescale}, LayerQuantConfig())
+    replacement.layers[0].build((None, 4, 4, 1))
+    with pytest.raises(ValueError, match="Rescaling 'rgb_scale' has 3 per-channel values but "
+                                         "the input has 1 channels.*exclude"):
+        replacement.load_weights()
+
+
+def test_channel_affines_of_different_channel_counts_are_refused():
+    norm = keras.layers.Normalization(mean=[0.1, 0.2], variance=[4.0, 9.0], name="n2")
+    norm.build((None, 3, 3, 2))
+    rescale = keras.layers.Rescaling([1.0, 2.0, 3.0], name="r3")
+    with pytest.raises(ValueError, match="'r3' and Normalization 'n2'.*Exclude"):
+        rules.build_channel_affine({"affine": rescale, "affine2": norm}, LayerQuantConfig())
+
+
+def test_load_affine_checks_shapes_and_names_the_layer():
+    layer = qlayers.QuantRescaling(name="qr")
+    with pytest.raises(ValueError, match="'qr' is not built"):
+        layer.load_affine([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    layer.build((None, 2, 2, 3))
+    with pytest.raises(ValueError, match=r"'qr': scale has shape \(2,\).*3 channels"):
+        layer.load_affine([1.0, 2.0], [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"'qr': offset has shape \(\)"):
+        layer.load_affine([1.0, 2.0, 3.0], 0.0)
 
 
 def test_normalization_over_other_axes_is_refused():

@@ -213,9 +213,79 @@ def test_separable_conv_activation_argument_is_split_off():
     assert qat.get_layer("sep_activation").kind == "silu"
 
 
-def test_excluded_weightless_layer_is_reused_not_cloned():
+def test_excluded_weightless_layer_is_copied_and_the_user_model_keeps_one_node():
     inp = keras.Input((4,))
-    wave = keras.layers.Lambda(lambda t: tf.sin(t), name="wave")
-    out = keras.layers.Dense(2)(wave(keras.layers.Dense(3)(inp)))
-    qat = tfqat.quantize_model(keras.Model(inp, out), tfqat.QuantConfig(exclude=("wave",)))
-    assert qat.get_layer("wave") is wave
+    wave = keras.layers.Lambda(lambda t: tf.sin(t), name="wave")  # from_config refuses it
+    flat = keras.layers.Flatten(name="flat")
+    out = keras.layers.Dense(2)(flat(wave(keras.layers.Dense(3)(inp))))
+    model = keras.Model(inp, out)
+    cfg = tfqat.QuantConfig(exclude=("wave", "flat"), weight_bits=16, activation_bits=16)
+    qat = tfqat.quantize_model(model, cfg)
+    for layer in (wave, flat):
+        copy = qat.get_layer(layer.name)
+        assert copy is not layer and type(copy) is type(layer)
+        assert len(layer._inbound_nodes) == 1  # debugging.layer_report's float counterpart
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    calibrate_quantizers(qat, x)
+    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-3)
+
+
+@pytest.mark.parametrize("divide", [lambda a, b: a / b, lambda a, b: 2.0 / a])
+def test_division_by_a_tensor_is_refused_with_the_op_named(divide):
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    model = keras.Model([a, b], keras.layers.Dense(2)(divide(a, b)))
+    (op,) = [op for op in model.operations if type(op).__name__ == "TrueDivide"]
+    with pytest.raises(tfqat.UnsupportedLayerError) as info:
+        tfqat.quantize_model(model)
+    message = str(info.value)
+    assert f"'{op.name}' (TrueDivide)" in message and "int8 DIV" in message
+    assert f"exclude=('{op.name}',)" in message
+    # The way out that the message names works.
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(exclude=(op.name,)))
+    assert [type(o).__name__ for o in qat.operations if o.name == op.name] == ["TrueDivide"]
+
+
+def test_average_is_refused_with_an_integer_only_replacement_named():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Average(name="avg")([a, b]))
+    with pytest.raises(tfqat.UnsupportedLayerError, match=r"'avg' \(Average\).*Rescaling\(1 / n\)"):
+        tfqat.quantize_model(model)
+
+
+@pytest.mark.parametrize("merge", [keras.layers.Add, keras.layers.Multiply])
+def test_a_merge_of_three_tensors_is_refused_with_the_layer_named(merge):
+    inputs = [keras.Input((4,), name=name) for name in "abc"]
+    model = keras.Model(inputs, keras.layers.Dense(2)(merge(name="wide")(inputs)))
+    with pytest.raises(tfqat.UnsupportedLayerError) as info:
+        tfqat.quantize_model(model)
+    message = str(info.value)
+    assert f"'wide' ({merge.__name__}) of 3 inputs" in message
+    assert "exclude=('wide',)" in message
+    # Two inputs are fine.
+    tfqat.quantize_model(keras.Model(inputs[:2], merge()(inputs[:2])))
+
+
+def test_division_by_a_constant_is_quantized():
+    inp = keras.Input((4,))
+    qat = tfqat.quantize_model(keras.Model(inp, keras.layers.Dense(2)(inp) / 4.0))
+    kinds = [type(op).__name__ for op in qat.operations]
+    assert kinds[-2:] == ["TrueDivide", "ActivationQuantizer"]
+
+
+@pytest.mark.parametrize("same_scale", [
+    lambda: keras.layers.AveragePooling2D(3, strides=1, padding="same", name="pool"),
+    lambda: keras.layers.UpSampling2D(interpolation="bilinear", name="pool"),
+])
+def test_same_scale_op_read_only_by_a_concatenation_keeps_its_input_scale(same_scale):
+    inp = keras.Input((6, 6, 3))
+    a = keras.layers.Conv2D(4, 1, name="a")(inp)
+    b = keras.layers.Conv2D(4, 1, name="b")(inp)
+    pooled = same_scale()(a)
+    if pooled.shape[1] != 6:
+        b = keras.layers.UpSampling2D(name="b_up")(b)
+    qat = tfqat.quantize_model(keras.Model(inp, keras.layers.Concatenate(name="cat")([pooled, b])))
+    a_fq = qat.get_layer("a_fq")
+    # Called twice: on the conv's output and, tied, on the pool's; the concatenation has its own.
+    assert len(a_fq._inbound_nodes) == 2
+    assert a_fq._inbound_nodes[1].input_tensors[0]._keras_history.operation.name == "pool"
+    assert isinstance(qat.get_layer("cat_fq"), ActivationQuantizer)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfqat.quantizers import FIXED_RANGES, fake_quant_activations, pass_through_during_delay
+from tfqat.quantizers import FIXED_RANGES, fake_quant_after_delay
 
 # The fixed range of the fake quant on each decomposition's inner int8 tensor.
 INNER_RANGES = {
@@ -37,6 +37,9 @@ INNER_RANGES = {
     "silu": FIXED_RANGES["sigmoid"],  # sigmoid(x), LOGISTIC's fixed output scale
     "elu": (0.0, 1.0),  # exp(min(x, 0))
 }
+# Inner tensors whose bit width TFLite fixes: LOGISTIC's output is int8 whatever the
+# activation bits. The others follow the layer's `bits`.
+INNER_BITS = {"silu": 8}
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -44,7 +47,9 @@ class QuantActivation(keras.layers.Layer):
     """hard_sigmoid, silu or elu (alpha=1) as the int8 ops TFLite runs them.
 
     Inner fake quants follow quant_delay like every activation quantizer and
-    pass through inside `tfqat.bypass_quantizers`.
+    pass through inside `tfqat.bypass_quantizers` (which leaves `step` alone).
+    They have `bits` bits, except silu's: LOGISTIC's output is int8 whatever
+    the activation bits.
 
     Example:
       >>> act = QuantActivation("hard_sigmoid")
@@ -70,13 +75,11 @@ class QuantActivation(keras.layers.Layer):
             aggregation="only_first_replica")
 
     def _inner(self, x, training):
-        lo, hi = INNER_RANGES[self.kind]
         if self._bypassed:
             return x
-        quantize = lambda: fake_quant_activations(x, lo, hi, self.bits)
-        if not training:
-            return quantize()
-        return pass_through_during_delay(self.step.value, self.quant_delay, x, quantize)
+        lo, hi = INNER_RANGES[self.kind]
+        bits = INNER_BITS.get(self.kind, self.bits)
+        return fake_quant_after_delay(x, lo, hi, bits, training, self.step, self.quant_delay)
 
     def call(self, inputs, training=None):
         training = bool(training)
@@ -86,7 +89,7 @@ class QuantActivation(keras.layers.Layer):
             outputs = inputs * self._inner(tf.sigmoid(inputs), training)
         else:
             outputs = tf.maximum(inputs, self._inner(tf.exp(tf.minimum(inputs, 0.0)), training) - 1.0)
-        if training:
+        if training and not self._bypassed:  # bypass_quantizers leaves step counters alone
             self.step.assign_add(1)
         return outputs
 

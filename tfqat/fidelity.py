@@ -14,8 +14,11 @@ the .tflite's tensor, in that tensor's LSBs. An exact simulation is within
 
 The .tflite tensor of a quantizer is found by name: TFLite names an op's
 output after the TF ops it fused, which carry the Keras layer's name scope
-(`model/conv1_1/Relu6;...`). Quantizers whose tensors cannot be found that way
-are listed in `unmatched`, not compared.
+(`model/conv1_1/Relu6;...`). The scope is the layer's name, made unique in the
+traced graph by a suffix, so a scope can look like several layers' (`conv2d_1`
+is layer conv2d's scope or layer conv2d_1's): see `_scope_owners`. Quantizers
+whose tensors cannot be found that way are listed in `unmatched`, not
+compared.
 """
 
 from __future__ import annotations
@@ -81,10 +84,12 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         raise ValueError(f"op_fidelity needs a model with one input; '{qat_model.name}' has "
                          f"{len(qat_model.inputs)}.")
     x = np.asarray(x, np.float32)
-    tensors = _TFLiteTensors(tflite, x)
-    diffs, unmatched = [], []
     # A layer may have nodes of other models (calibration probes): only this model's count.
     own_nodes = {id(node) for nodes in qat_model._nodes_by_depth.values() for node in nodes}
+    calls = {op.name: sum(id(node) in own_nodes for node in op._inbound_nodes)
+             for op in qat_model.operations}
+    tensors = _TFLiteTensors(tflite, x, calls)
+    diffs, unmatched = [], []
     for quantizer in qat_model.layers:
         if not isinstance(quantizer, ActivationQuantizer):
             continue
@@ -142,6 +147,45 @@ def _source_tensors(tensor, stop=True) -> list:
     return sources
 
 
+def _scope_owners(tensor_names, calls) -> dict:
+    """{name scope: layer name} for the scopes in `tensor_names` that are surely one layer's.
+
+    TF names the scope of a layer call after the layer, made unique in the
+    traced graph by a suffix `_<n>`: layer conv2d's scope may be `conv2d_1`
+    while layer conv2d_1's is `conv2d_1_2`. So a scope is a layer's name with
+    or without one such suffix, and each call (`calls`: layer name -> calls in
+    the model) makes one scope. A scope that fits one layer only is that
+    layer's; the others are settled by elimination (a layer whose calls all
+    have scopes takes no more). A scope still ambiguous belongs to no layer:
+    its tensors are never compared with the wrong layer.
+
+    Example:
+      >>> _scope_owners(["m/conv2d_1/Conv2D", "m/conv2d_1_2/Conv2D"], {"conv2d": 1, "conv2d_1": 1})
+      {'conv2d_1_2': 'conv2d_1', 'conv2d_1': 'conv2d'}
+    """
+    scopes = {part for name in tensor_names for full in name.split(";")
+              for part in full.split("/")[:-1]}
+    candidates = {}
+    for scope in scopes:
+        names = {scope, re.sub(r"_\d+$", "", scope)} & calls.keys()
+        if names:
+            candidates[scope] = names
+    left = dict(calls)
+    owners = {}
+    settled = True
+    while settled:
+        settled = False
+        for scope in sorted(candidates):
+            live = [name for name in candidates[scope] if left[name] > 0]
+            if len(live) <= 1:
+                del candidates[scope]
+            if len(live) == 1:
+                owners[scope] = live[0]
+                left[live[0]] -= 1
+                settled = True
+    return owners
+
+
 def _evaluate(tensor, known):
     """The value of a graph tensor, computed from `known` ({id(tensor): value}) in inference mode.
 
@@ -168,7 +212,7 @@ def _evaluate(tensor, known):
 class _TFLiteTensors:
     """The .tflite run once on `x`, with every intermediate tensor kept."""
 
-    def __init__(self, tflite, x):
+    def __init__(self, tflite, x, calls):
         self.interpreter = load_interpreter(tflite, preserve_all_tensors=True)
         detail = self.interpreter.get_input_details()[0]
         self.interpreter.resize_tensor_input(detail["index"], x.shape)
@@ -177,6 +221,13 @@ class _TFLiteTensors:
         self.interpreter.invoke()
         self.input_index = detail["index"]
         self.details = [d for d in self.interpreter.get_tensor_details() if d["dtype"] == np.int8]
+        owners = _scope_owners([d["name"] for d in self.interpreter.get_tensor_details()], calls)
+        self.by_layer = {}  # layer name -> int8 tensors named first in its scope
+        for d in self.details:
+            parts = d["name"].split(";")[0].split("/")[:-1]
+            layers = {owners[part] for part in parts if part in owners}
+            if len(layers) == 1:
+                self.by_layer.setdefault(layers.pop(), []).append(d)
         self.quantization = {d["index"]: d["quantization"] for d in self.details}
         self.producer = {}  # tensor index -> (index, name) of the op that writes it
         for op in self.interpreter._get_ops_details():
@@ -194,8 +245,7 @@ class _TFLiteTensors:
             # A quantizer's tensor is the output of the layer that feeds the quantizer.
             layer = _history(_input_of(keras_tensor))[0]
             shape = (batch, *keras_tensor.shape[1:])
-            scope = re.compile(rf"(^|/){re.escape(layer.name)}(_\d+)?/")
-            in_scope = [d for d in self.details if scope.search(d["name"].split(";")[0])]
+            in_scope = self.by_layer.get(layer.name, [])
             # The converter may merge a trailing reshape (Conv1D's squeeze) into the next op's:
             # then the layer's tensor exists only in its op layout, with the same values.
             found = ([d["index"] for d in in_scope if tuple(d["shape"]) == shape] or

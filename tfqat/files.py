@@ -18,6 +18,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise FileNotFoundError(f"Cannot write '{path}': folder '{folder}' does not exist.")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the file from others
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -27,3 +28,15 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file under the current umask (0644 under umask 022).
+
+    Example:
+      >>> oct(new_file_mode())
+      '0o644'
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

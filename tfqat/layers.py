@@ -269,8 +269,35 @@ def _single(value):
     return (value,) if isinstance(value, int) else tuple(value)
 
 
+class _QuantConvolution(FusedQuantLayer):
+    """Base of the convolutions: filters, kernel size, strides, padding, dilation.
+
+    `_spatial` turns an int or a sequence into the subclass's form of a
+    spatial argument (a pair for 2-D, an int for 1-D).
+    """
+
+    _spatial = staticmethod(_pair)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = self._spatial(kernel_size)
+        self.strides = self._spatial(strides)
+        self.padding = padding.lower()
+        self.dilation_rate = self._spatial(dilation_rate)
+
+    def _out_channels(self, input_shape):
+        return self.filters
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                      padding=self.padding, dilation_rate=self.dilation_rate)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="tfqat")
-class QuantConv2D(FusedQuantLayer):
+class QuantConv2D(_QuantConvolution):
     """Conv2D (channels_last) with quantized, optionally BN-folded weights.
 
     Example:
@@ -280,29 +307,12 @@ class QuantConv2D(FusedQuantLayer):
       TensorShape([1, 8, 8, 8])
     """
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size)
-        self.strides = _pair(strides)
-        self.padding = padding.lower()
-        self.dilation_rate = _pair(dilation_rate)
-
     def _kernel_shape(self, input_shape):
         return (*self.kernel_size, input_shape[-1], self.filters)
-
-    def _out_channels(self, input_shape):
-        return self.filters
 
     def _linear(self, x, kernel_view):
         return tf.nn.conv2d(x, kernel_view, strides=self.strides, padding=self.padding.upper(),
                             dilations=self.dilation_rate)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding, dilation_rate=self.dilation_rate)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -405,7 +415,7 @@ class QuantDense(FusedQuantLayer):
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
-class QuantConv1D(FusedQuantLayer):
+class QuantConv1D(_QuantConvolution):
     """Conv1D (channels_last) with quantized, optionally BN-folded weights.
 
     Runs as a CONV_2D over a [N, 1, length, C] view of the input (TFLite has
@@ -418,22 +428,16 @@ class QuantConv1D(FusedQuantLayer):
       TensorShape([2, 10, 8])
     """
 
+    _spatial = staticmethod(lambda value: _single(value)[0])
+
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        (self.kernel_size,) = _single(kernel_size)
-        (self.strides,) = _single(strides)
-        (self.dilation_rate,) = _single(dilation_rate)
-        self.padding = padding.lower()
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
         if self.padding not in ("valid", "same", "causal"):
             raise ValueError(f"Layer '{self.name}': padding {padding!r} is not one of "
                              "'valid', 'same', 'causal'.")
 
     def _kernel_shape(self, input_shape):
         return (self.kernel_size, input_shape[-1], self.filters)
-
-    def _out_channels(self, input_shape):
-        return self.filters
 
     def _kernel_view(self, kernel):
         return tf.reshape(kernel, [1, *kernel.shape])
@@ -451,15 +455,9 @@ class QuantConv1D(FusedQuantLayer):
         return tf.nn.conv2d(x, kernel_view, strides=(1, self.strides), padding=padding,
                             dilations=(1, self.dilation_rate))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding, dilation_rate=self.dilation_rate)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tfqat")
-class QuantConv2DTranspose(FusedQuantLayer):
+class QuantConv2DTranspose(_QuantConvolution):
     """Conv2DTranspose (channels_last) with quantized, optionally BN-folded weights.
 
     The Keras kernel is [kh, kw, out, in]; the kernel view puts the output
@@ -478,24 +476,16 @@ class QuantConv2DTranspose(FusedQuantLayer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None,
                  dilation_rate=1, **kwargs):
         kwargs.setdefault("per_channel", False)
-        super().__init__(**kwargs)
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
         if self.per_channel:
             raise ValueError(
                 f"Layer '{self.name}': Conv2DTranspose weights can only be quantized per tensor "
                 "(per_channel=False); the TFLite converter cannot export a per-channel "
                 "TRANSPOSE_CONV kernel.")
-        self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size)
-        self.strides = _pair(strides)
-        self.padding = padding.lower()
         self.output_padding = None if output_padding is None else _pair(output_padding)
-        self.dilation_rate = _pair(dilation_rate)
 
     def _kernel_shape(self, input_shape):
         return (*self.kernel_size, self.filters, input_shape[-1])
-
-    def _out_channels(self, input_shape):
-        return self.filters
 
     def _kernel_view(self, kernel):
         return tf.transpose(kernel, [0, 1, 3, 2])
@@ -508,9 +498,7 @@ class QuantConv2DTranspose(FusedQuantLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding, output_padding=self.output_padding,
-                      dilation_rate=self.dilation_rate)
+        config.update(output_padding=self.output_padding)
         return config
 
 
@@ -602,5 +590,16 @@ class QuantRescaling(ChannelScaleLayer):
 
     def load_affine(self, scale, offset):
         """Sets the per-channel scale and offset (arrays of the channel count)."""
+        if not self.built:
+            raise ValueError(f"QuantRescaling '{self.name}' is not built: call it on an input "
+                             "(or build it with the input shape) before load_affine.")
+        channels = self.kernel.shape[0]
+        scale, offset = tf.convert_to_tensor(scale), tf.convert_to_tensor(offset)
+        for what, values in (("scale", scale), ("offset", offset)):
+            if tuple(values.shape) != (channels,):
+                raise ValueError(
+                    f"QuantRescaling '{self.name}': {what} has shape {tuple(values.shape)}, but "
+                    f"the layer's input has {channels} channels. Pass one {what} per channel, "
+                    f"shape ({channels},).")
         self.kernel.assign(tf.cast(scale, self.kernel.dtype))
         self.bias.assign(tf.cast(offset, self.bias.dtype))

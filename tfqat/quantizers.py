@@ -69,6 +69,22 @@ def pass_through_during_delay(step, quant_delay, unquantized, quantize_fn):
     return tf.cond(step < quant_delay, lambda: tf.identity(unquantized), quantize_fn)
 
 
+def fake_quant_after_delay(x, range_min, range_max, bits, training, step, quant_delay,
+                           counted=False):
+    """The activation fake quant as training and inference apply it.
+
+    Inference always quantizes; training passes `x` through while the step
+    counter `step` (an int64 variable) is below `quant_delay`; counted=True:
+    this step has already been added to it. Counting steps and bypassing are
+    the caller's (ActivationQuantizer, tfqat.activations.QuantActivation).
+    """
+    quantize = lambda: fake_quant_activations(x, range_min, range_max, bits)
+    if not training:
+        return quantize()
+    current = step.value - 1 if counted else step.value
+    return pass_through_during_delay(current, quant_delay, x, quantize)
+
+
 @keras.saving.register_keras_serializable(package="tfqat")
 class ActivationQuantizer(keras.layers.Layer):
     """Fake-quantizes an activation tensor to `bits` with one per-tensor range.
@@ -134,13 +150,11 @@ class ActivationQuantizer(keras.layers.Layer):
             lo, hi = self._update_range(inputs)
         else:
             lo, hi = self.range_min, self.range_max
-        if not training:
-            return fake_quant_activations(inputs, lo, hi, self.bits)
-        quantize = lambda: fake_quant_activations(inputs, lo, hi, self.bits)
-        if tied:  # the untied call earlier in this step has counted it
-            return pass_through_during_delay(self.step.value - 1, self.quant_delay, inputs, quantize)
-        out = pass_through_during_delay(self.step.value, self.quant_delay, inputs, quantize)
-        self.step.assign_add(1)
+        # A tied call comes after the untied call of the same step, which has counted it.
+        out = fake_quant_after_delay(inputs, lo, hi, self.bits, training, self.step,
+                                     self.quant_delay, counted=tied)
+        if training and not tied:
+            self.step.assign_add(1)
         return out
 
     def _update_range(self, inputs):

@@ -15,6 +15,7 @@ import numpy as np
 
 from tfqat import layers as qlayers
 from tfqat.activations import INNER_RANGES, QuantActivation
+from tfqat.graph import TensorRef
 from tfqat.quantizers import FIXED_RANGES, ActivationQuantizer
 
 
@@ -67,15 +68,19 @@ class RewriteRule:
 LINEAR_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
                 keras.layers.Conv1D, keras.layers.Conv2DTranspose)
 SEPARABLE_TYPES = (keras.layers.SeparableConv2D,)
+# (Not Average: TFLite runs it as ADD then MUL, and the sum between them has no int8 scale.)
 MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-               keras.layers.Concatenate, keras.layers.Average)
+               keras.layers.Concatenate)
 # Keras ops recorded in a Functional graph (`x + 3.0`, `a * b`): ADD/SUB/MUL with a tensor or
 # a scalar constant are int8 ops (the converter quantizes a constant operand itself); a
-# division by a constant becomes MUL.
+# division by a constant becomes MUL. TFLite has no int8 DIV, so any other division is
+# refused (see divides_by_tensor).
 ELEMENTWISE_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
+DIVISION_OPS = ("Divide", "TrueDivide")
 # GlobalAveragePooling is MEAN, which requantizes to its own output scale. (Windowed
 # average pooling is not here: see is_same_scale_op.)
-AVERAGE_POOL_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling1D)
+GLOBAL_AVERAGE_POOL_TYPES = (keras.layers.GlobalAveragePooling2D,
+                             keras.layers.GlobalAveragePooling1D)
 # AVERAGE_POOL_2D's int8 kernel needs its output scale equal to its input scale: with a fake
 # quant after it the converter either adds a requantizing QUANTIZE or, as in DenseNet's
 # transition blocks, fails ("'tfl.average_pool_2d' op quantization parameters violate the same
@@ -135,10 +140,12 @@ def activation_kind(layer) -> str | None:
 
 
 def is_linear(layer) -> bool:
+    """Conv2D, DepthwiseConv2D, Dense, Conv1D or Conv2DTranspose (exact class)."""
     return type(layer) in LINEAR_TYPES
 
 
 def is_separable(layer) -> bool:
+    """SeparableConv2D (exact class), which becomes a depthwise and a pointwise conv."""
     return type(layer) in SEPARABLE_TYPES
 
 
@@ -153,38 +160,87 @@ def takes_activation_argument(layer) -> bool:
 
 
 def is_batchnorm(layer) -> bool:
+    """BatchNormalization (exact class)."""
     return type(layer) is keras.layers.BatchNormalization
 
 
 def is_fusable_relu(layer) -> bool:
+    """A ReLU or ReLU6 (layer or Activation), which TFLite fuses into the op before it."""
     return activation_kind(layer) in ("relu", "relu6")
 
 
 def is_merge(layer) -> bool:
+    """A merge layer (Add, Subtract, Multiply, Concatenate) or an elementwise Keras op."""
     return type(layer) in MERGE_TYPES or keras_op_name(layer) in ELEMENTWISE_OPS
 
 
-def is_average_pool(layer) -> bool:
-    return type(layer) in AVERAGE_POOL_TYPES
+def divides_by_tensor(node) -> bool:
+    """Whether a graph node (tfqat.graph.Node) is a Keras division op that is not tensor / constant.
+
+    Only a tensor divided by a constant is an int8 op (the converter makes it
+    MUL by the reciprocal); `a / b` or `2.0 / x` is DIV, which TFLite runs in
+    float only.
+
+    Example:
+      >>> inp = keras.Input((4,))
+      >>> (node,) = tfqat.graph.flatten_model(keras.Model(inp, inp / inp)).nodes
+      >>> divides_by_tensor(node)
+      True
+    """
+    if keras_op_name(node.layer) not in DIVISION_OPS:
+        return False
+    operands = [*node.args, *(node.kwargs[key] for key in ("x1", "x2") if key in node.kwargs)]
+    dividend, divisor = operands[:2]
+    return not isinstance(dividend, TensorRef) or isinstance(divisor, TensorRef)
+
+
+# Merge layers that TFLite runs as binary int8 ops: with more inputs, the converter chains
+# them and the intermediate sums or products stay float.
+BINARY_MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+
+
+def merges_more_than_two(node) -> bool:
+    """Whether a graph node is an Add/Multiply (or Subtract) of more than two tensors.
+
+    Example:
+      >>> a, b, c = (keras.Input((4,)) for _ in range(3))
+      >>> model = keras.Model([a, b, c], keras.layers.Add()([a, b, c]))
+      >>> merges_more_than_two(tfqat.graph.flatten_model(model).nodes[0])
+      True
+    """
+    if type(node.layer) not in BINARY_MERGE_TYPES or not node.args:
+        return False
+    inputs = node.args[0]
+    return isinstance(inputs, (list, tuple)) and len(inputs) > 2
+
+
+def is_global_average_pool(layer) -> bool:
+    """GlobalAveragePooling1D/2D (TFLite MEAN, which has its own output scale)."""
+    return type(layer) in GLOBAL_AVERAGE_POOL_TYPES
 
 
 def has_fixed_range(layer) -> bool:
+    """softmax, sigmoid or tanh: TFLite fixes their int8 output range."""
     return activation_kind(layer) in FIXED_RANGES
 
 
 def is_single_op_activation(layer) -> bool:
+    """An activation that is one int8 TFLite op (LEAKY_RELU, HARD_SWISH, GELU)."""
     return activation_kind(layer) in SINGLE_OP_ACTIVATIONS
 
 
 def is_decomposed_activation(layer) -> bool:
+    """hard_sigmoid, silu or elu: int8 only as the op chain of tfqat.activations.QuantActivation."""
     return activation_kind(layer) in DECOMPOSED_ACTIVATIONS
 
 
 def is_channel_affine(layer) -> bool:
+    """Rescaling or Normalization (exact class): a fixed per-channel x * scale + offset."""
     return type(layer) in CHANNEL_AFFINE_TYPES
 
 
 def is_scale_preserving(layer) -> bool:
+    """Ops whose int8 TFLite form keeps its input's scale without computing new values."""
     if type(layer) is keras.layers.UpSampling2D:
         return layer.interpolation == "nearest"
     return type(layer) in SCALE_PRESERVING_TYPES or activation_kind(layer) == "linear"
@@ -427,14 +483,31 @@ def build_channel_affine(match, cfg) -> Replacement:
     scale, offset = _channel_affine(first)
     if second is not None:
         scale2, offset2 = _channel_affine(second)
+        sizes = {scale.size, offset.size, scale2.size, offset2.size} - {1}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"{type(first).__name__} '{first.name}' and {type(second).__name__} "
+                f"'{second.name}' scale different numbers of channels ({sorted(sizes)}); tfqat "
+                "cannot combine them into one per-channel op. Exclude them.")
         scale, offset = scale * scale2, offset * scale2 + offset2
+    # Per channel whatever the config: each channel's weight is one value, so per-channel
+    # quantization keeps the map exact (per tensor, all but the largest scale get rounded).
     layer = qlayers.QuantRescaling(
         activation=activation_kind(relu) if relu is not None else None,
-        weight_bits=cfg.weight_bits, per_channel=cfg.per_channel, quant_delay=cfg.quant_delay,
+        weight_bits=cfg.weight_bits, per_channel=True, quant_delay=cfg.quant_delay,
         name=first.name)
 
     def load():
         channels = layer.kernel.shape[0]
+        if {scale.size, offset.size} - {1, channels}:
+            names = " and ".join(f"{type(l).__name__} '{l.name}'" for l in (first, second)
+                                 if l is not None)
+            raise ValueError(
+                f"{names} {'have' if second is not None else 'has'} "
+                f"{max(scale.size, offset.size)} per-channel values but the input has "
+                f"{channels} channels; tfqat maps each input channel to one output channel "
+                "(no broadcasting to more channels). Give it one value per input channel (or a "
+                "scalar), or exclude it.")
         layer.load_affine(np.broadcast_to(scale, [channels]), np.broadcast_to(offset, [channels]))
 
     return Replacement([layer], TRACKED, load)
@@ -455,7 +528,8 @@ RULES = (
                  RELU_TAIL),
                 build_channel_affine),
     RewriteRule("merge_relu", (Step("merge", is_merge), RELU_TAIL), build_tracked, True),
-    RewriteRule("average_pool", (Step("pool", is_average_pool),), build_tracked, True),
+    RewriteRule("global_average_pool", (Step("pool", is_global_average_pool),), build_tracked,
+                True),
     RewriteRule("relu", (Step("relu", is_fusable_relu),), build_tracked, True),
     RewriteRule("single_op_activation", (Step("activation", is_single_op_activation),),
                 build_tracked, True),

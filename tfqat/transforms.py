@@ -114,6 +114,10 @@ class _Rebuilder:
     # ---- matching ---------------------------------------------------------
     def _match(self, index):
         node = self.graph.nodes[index]
+        if rules_lib.divides_by_tensor(node):
+            raise UnsupportedLayerError(_division_message(node))
+        if rules_lib.merges_more_than_two(node):
+            raise UnsupportedLayerError(_wide_merge_message(node))
         for rule in self.rules:
             matched = self._match_rule(rule, index)
             if matched is not None:
@@ -185,14 +189,17 @@ class _Rebuilder:
                     # tied): else the converter leaves a consumer conv float when another
                     # branch has a fake quant (Inception: max pool -> 1x1 conv, and -> pool).
                     self.values[out] = source(value, tied=True)
+        elif output.kind == "input" and source is not None:
+            # Before the concatenation case: the int8 output of an op that keeps its input's
+            # scale is at that scale even when a concatenation alone reads it (the converter
+            # then requantizes once to the concatenation's), so it is rounded there.
+            self.values[out] = source(value, tied=True)
+            self.quantized.add(out)
+            self.scale_source[out] = source
         elif self._feeds_only_concatenations(out):
             # TFLite's CONCATENATION gives its inputs its output's scale, so a tensor read only
             # by concatenations is quantized by their output fake quant, not by its own.
             self.quantized.add(out)
-        elif output.kind == "input" and source is not None:
-            self.values[out] = source(value, tied=True)
-            self.quantized.add(out)
-            self.scale_source[out] = source
         else:  # "tracked", "fixed", or "input" whose input scale has no known quantizer
             self._add_quantizer(out, cfg, fixed_range=output.fixed_range,
                                 name=replacement.layers[-1].name)
@@ -202,20 +209,52 @@ class _Rebuilder:
         clone = self.clones.get(id(layer))
         fresh = clone is None
         if fresh:
-            if getattr(layer, "weights", None) or layer.name in self.used_names:
-                clone = rules_lib.clone_layer(layer)
-                clone.name = self._unique(clone.name)
-            else:
-                # Nothing to copy or protect: call the layer itself. (A Lambda with a Python
-                # lambda cannot be cloned: Keras refuses to deserialize it in safe mode.)
-                clone = layer
-                self.used_names.add(layer.name)
+            clone = self._float_copy(layer)
             self.clones[id(layer)] = clone
         outputs = clone(*substitute(node.args, self.values), **substitute(node.kwargs, self.values))
-        if fresh and clone is not layer:
+        if fresh and clone is not layer and isinstance(layer, keras.layers.Layer):
             clone.set_weights(layer.get_weights())
         for tid, value in zip(node.outputs, keras.tree.flatten(outputs)):
             self.values[tid] = value
+
+    def _float_copy(self, layer):
+        """A new layer like the excluded `layer` (weights are set once it is built).
+
+        Calling the user's own layer would add a node to the user's model (and
+        tfqat.debugging then finds no single float counterpart for it).
+        """
+        if type(layer) is keras.layers.Lambda:
+            # from_config cannot rebuild a Python lambda (refused in safe mode) or an
+            # unregistered function; a new Lambda around the same function is a copy.
+            copy = keras.layers.Lambda(
+                layer.function, output_shape=layer._output_shape, mask=layer.mask,
+                arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
+                dtype=layer.dtype_policy)
+        elif callable(getattr(layer, "save_assets", None)):
+            # Reuse, as no copy is possible: a lookup table (StringLookup, IntegerLookup,
+            # TextVectorization) keeps its adapted vocabulary in neither config nor weights.
+            # Calling the user's layer adds a node to the user's model.
+            return self._reuse(layer)
+        else:
+            try:
+                copy = rules_lib.clone_layer(layer)
+            except (TypeError, ValueError, NotImplementedError):
+                if getattr(layer, "weights", None):
+                    raise
+                # Reuse, as no copy is possible: a weightless layer that cannot be rebuilt
+                # from its config (a custom layer without a complete get_config) has nothing
+                # else to copy. Calling the user's layer adds a node to the user's model.
+                return self._reuse(layer)
+        copy.name = self._unique(copy.name)
+        return copy
+
+    def _reuse(self, layer):
+        if layer.name in self.used_names:
+            raise UnsupportedLayerError(
+                f"Excluded layer '{layer.name}' ({type(layer).__name__}) cannot be copied, and "
+                "its name is taken in the QAT model. Rename it.")
+        self.used_names.add(layer.name)
+        return layer
 
     def _feeds_only_concatenations(self, tid):
         if tid in self.graph.output_ids():
@@ -253,12 +292,40 @@ class _Rebuilder:
         return candidate
 
 
+def _division_message(node) -> str:
+    layer = node.layer
+    return (
+        f"Cannot quantize Keras op '{layer.name}' ({type(layer).__name__}): it divides by a "
+        f"tensor (or divides a constant by one), and TFLite has no int8 DIV; only a tensor "
+        f"divided by a constant is int8 (a MUL). Leave it in float with "
+        f"QuantConfig(exclude=('{layer.name}',)) (export_tflite then refuses the model unless "
+        f"called with allow_float_ops=True), or rewrite the model without it.")
+
+
+def _wide_merge_message(node) -> str:
+    layer = node.layer
+    kind = type(layer).__name__
+    return (
+        f"Cannot quantize layer '{layer.name}' ({kind}) of {len(node.args[0])} inputs: TFLite's "
+        f"int8 kernel takes two, and the converter would leave the intermediate results float. "
+        f"Write it as nested two-input {kind} layers, or leave it in float with "
+        f"QuantConfig(exclude=('{layer.name}',)).")
+
+
+# What to use instead of a layer that has no int8 form, where there is a simple answer.
+_REPLACEMENT_HINTS = {
+    keras.layers.Average: "TFLite runs Average as ADD then MUL, and the sum between them has "
+                          "no int8 scale; Add followed by Rescaling(1 / n) is integer-only. ",
+}
+
+
 def _unsupported_message(node) -> str:
     layer = node.layer
     kind = type(layer).__name__
     what = "layer" if isinstance(layer, keras.layers.Layer) else "Keras op"
     return (
         f"Cannot quantize {what} '{layer.name}' ({kind}): no tfqat rewrite rule handles it. "
+        f"{_REPLACEMENT_HINTS.get(type(layer), '')}"
         f"Either leave it in float with QuantConfig(exclude=('{layer.name}',)) (export_tflite "
         f"then refuses the model unless called with allow_float_ops=True, which makes a hybrid "
         f"model), replace it with supported layers, or set it per layer with "
