@@ -264,10 +264,20 @@ def fidelity(qat_probabilities, tflite, x, y):
 
     lite = evaluation.run_tflite(tflite, x)
     qat = np.asarray(qat_probabilities, np.float64)
-    lsb = np.abs(lite.dequantized.astype(np.float64) - qat) / lite.scale
-    return {"qat": _accuracy(qat, y), "int8": _accuracy(lite.dequantized, y),
-            "agreement": float(np.mean(lite.dequantized.argmax(-1) == qat.argmax(-1))),
-            "mean_lsb": float(lsb.mean()), "max_lsb": float(lsb.max())}
+    dequantized = lite.dequantized.astype(np.float64)
+    lsb = np.abs(dequantized - qat) / lite.scale
+
+    def margin(outputs):  # top-1 minus top-2 output, in LSB
+        top = np.sort(outputs)[-2:]
+        return float((top[1] - top[0]) / lite.scale)
+
+    flips = np.nonzero(dequantized.argmax(-1) != qat.argmax(-1))[0]
+    return {"qat": _accuracy(qat, y), "int8": _accuracy(dequantized, y),
+            "agreement": float(1 - len(flips) / len(x)),
+            "mean_lsb": float(lsb.mean()), "max_lsb": float(lsb.max()),
+            "disagreements": [{"image": int(i), "qat_margin_lsb": margin(qat[i]),
+                               "tflite_margin_lsb": margin(dequantized[i]),
+                               "max_diff_lsb": float(lsb[i].max())} for i in flips]}
 
 
 def _mnist(seed, limit):
