@@ -343,7 +343,7 @@ PLOTS = (("b1_step_ratio.png", plot_step_ratios), ("b1_profile.png", plot_profil
 
 
 def make_plots(results, plots_dir):
-    """Writes the PNG plots; returns {file name: path} (empty, with a reason, without matplotlib)."""
+    """Writes the PNG plots; returns ({file name: path}, None), or ({}, why) without matplotlib."""
     try:
         _plt()
     except ImportError:

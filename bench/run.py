@@ -255,7 +255,7 @@ def _accuracy(probabilities, labels):
     return float(np.mean(np.asarray(probabilities).argmax(-1) == labels))
 
 
-def fidelity(qat_probabilities, tflite, x, y):
+def tflite_fidelity(qat_probabilities, tflite, x, y):
     """Top-1 agreement and output LSB differences of a .tflite against its own QAT model.
 
     The same code scores tfqat's and TFMOT's files: the QAT outputs come in as arrays.
@@ -324,8 +324,8 @@ def bench_accuracy(config, tfmot, workdir):
             train_s = time.perf_counter() - start
             with contextlib.redirect_stdout(io.StringIO()):  # the converter prints signatures
                 flatbuffer = tfqat.export_tflite(qat)
-            tfqat_scores = fidelity(qat.predict(x_test, batch_size=256, verbose=0), flatbuffer,
-                                    x_test, y_test)
+            tfqat_scores = tflite_fidelity(qat.predict(x_test, batch_size=256, verbose=0),
+                                           flatbuffer, x_test, y_test)
             runs.append({"model": name, "seed": seed, "float": float_accuracy,
                          "examples": {"train": len(x_train), "test": len(x_test)},
                          "tfqat": {**tfqat_scores, "qat_train_s": train_s}, "tfmot": None})
@@ -346,7 +346,7 @@ def bench_accuracy(config, tfmot, workdir):
                 continue
             x_test, y_test = _mnist(run["seed"], config.b2_train_limit)[2:]
             predictions = np.load(job["predictions"])["qat"]
-            run["tfmot"] = {**fidelity(predictions, job["tflite"], x_test, y_test),
+            run["tfmot"] = {**tflite_fidelity(predictions, job["tflite"], x_test, y_test),
                             "float_copy": by_key[job["key"]]["float_accuracy"],
                             "qat_train_s": by_key[job["key"]]["qat_train_s"]}
     return runs

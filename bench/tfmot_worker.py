@@ -65,7 +65,7 @@ def probe(job):
 
 def step_time(job):
     """B1: interleaved training-step times, float tf_keras model vs TFMOT QAT model."""
-    tf, tf_keras, tfmot = _imports()
+    _, tf_keras, tfmot = _imports()
     results = {}
     for spec in job["models"]:
         arrays = np.load(spec["batch_npz"])

@@ -54,7 +54,7 @@ def _check_report(text, results, tmp_path):
     for run in results["b2"]:
         for value in (run["float"], run["tfqat"]["int8"], run["tfqat"]["agreement"]):
             assert 0.0 <= value <= 1.0
-    for key, entry in results["b4"].items():
+    for entry in results["b4"].values():
         # int8 weights are a quarter of float32; quantization parameters add to it.
         assert 0.25 < entry["size_int8"] / entry["size_float"] < 0.5
         for measured in entry["latency"].values():
