@@ -208,6 +208,7 @@ E2E_MAX_LSB = {"transition": 3.0}
 
 def exported(name, config=None):
     build, shape, _ = CASES[name]
+    keras.backend.clear_session()  # auto-named Keras ops (UNMATCHED) restart at "multiply"
     keras.utils.set_random_seed(0)
     inp = keras.Input(shape, name="x")
     model = randomize_batchnorm(keras.Model(inp, build(inp)))
