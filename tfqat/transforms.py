@@ -114,10 +114,9 @@ class _Rebuilder:
     # ---- matching ---------------------------------------------------------
     def _match(self, index):
         node = self.graph.nodes[index]
-        if rules_lib.divides_by_tensor(node):
-            raise UnsupportedLayerError(_division_message(node))
-        if rules_lib.merges_more_than_two(node):
-            raise UnsupportedLayerError(_wide_merge_message(node))
+        for refuses, message in _REFUSALS:
+            if refuses(node):
+                raise UnsupportedLayerError(message(node))
         for rule in self.rules:
             matched = self._match_rule(rule, index)
             if matched is not None:
@@ -310,6 +309,11 @@ def _wide_merge_message(node) -> str:
         f"int8 kernel takes two, and the converter would leave the intermediate results float. "
         f"Write it as nested two-input {kind} layers, or leave it in float with "
         f"QuantConfig(exclude=('{layer.name}',)).")
+
+
+# Nodes that a rule's pattern would match but that have no int8 form: (predicate, message).
+_REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
+             (rules_lib.merges_more_than_two, _wide_merge_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.
