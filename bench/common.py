@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-# Architectures the TFMOT side can rebuild. The first three mirror tfqat.models
+# Architectures the TFMOT side can rebuild. The first three mirror tfqat.training.models
 # layer for layer (bench/run.py checks that they still match).
 ARCHITECTURES = ("lenet5", "convnet_bn", "resnet8", "mobilenet_v2", "resnet50")
 

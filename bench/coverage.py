@@ -32,8 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tfqat  # noqa: E402
-from tfqat.evaluation import compare_to_model  # noqa: E402
-from tfqat.fidelity import op_fidelity  # noqa: E402
+from tfqat.diagnostics.evaluation import compare_to_model  # noqa: E402
+from tfqat.diagnostics.fidelity import op_fidelity  # noqa: E402
 
 DOC = ROOT / "docs" / "coverage.md"
 NUM_CLASSES = 10

@@ -22,7 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfqat  # noqa: E402
-from tfqat import data, evaluation, models  # noqa: E402
+from tfqat.training import data, models  # noqa: E402
+from tfqat.diagnostics import evaluation  # noqa: E402
 from tfqat.files import atomic_write_bytes  # noqa: E402
 
 BATCH = 32

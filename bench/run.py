@@ -174,9 +174,9 @@ def _keras_and_tfqat():
 
 
 def check_same_architecture(spec, tfmot_summary=None):
-    """Whether bench/common.py still rebuilds tfqat.models' net (and TFMOT's copy matches)."""
+    """Whether bench/common.py still rebuilds tfqat.training.models' net (and TFMOT's copy matches)."""
     keras, _ = _keras_and_tfqat()
-    from tfqat import models
+    from tfqat.training import models
 
     ours = common.architecture_summary(common.build(
         keras, spec["name"], spec["input_shape"], spec.get("num_classes", 10), spec.get("alpha", 1.0)))
@@ -184,7 +184,7 @@ def check_same_architecture(spec, tfmot_summary=None):
         zoo = common.architecture_summary(models.build_model(
             spec["name"], tuple(spec["input_shape"]), spec.get("num_classes", 10), spec.get("alpha", 1.0)))
         if zoo != ours:
-            raise RuntimeError(f"bench/common.py's {spec['name']} differs from tfqat.models'; "
+            raise RuntimeError(f"bench/common.py's {spec['name']} differs from tfqat.training.models'; "
                                "update common.build so TFMOT trains the same net.")
     if tfmot_summary is not None:
         return tfmot_summary == ours  # lists on both sides, as JSON gives them back
@@ -201,7 +201,7 @@ def _batch(spec, seed):
 def bench_step_time(config, tfmot, workdir):
     """B1: interleaved step times of float, tfqat before and after the BN freeze, and TFMOT."""
     keras, tfqat = _keras_and_tfqat()
-    from tfqat import models
+    from tfqat.training import models
 
     import op_profile
 
@@ -260,7 +260,7 @@ def tflite_fidelity(qat_probabilities, tflite, x, y):
 
     The same code scores tfqat's and TFMOT's files: the QAT outputs come in as arrays.
     """
-    from tfqat import evaluation
+    from tfqat.diagnostics import evaluation
 
     lite = evaluation.run_tflite(tflite, x)
     qat = np.asarray(qat_probabilities, np.float64)
@@ -281,7 +281,7 @@ def tflite_fidelity(qat_probabilities, tflite, x, y):
 
 
 def _mnist(seed, limit):
-    from tfqat import data
+    from tfqat.training import data
 
     dataset = data.load_dataset("mnist5k", seed=seed)
     if limit is None:
@@ -298,7 +298,7 @@ def bench_accuracy(config, tfmot, workdir):
     schedule (Adam, cosine decay from 1e-4), so they differ only in QAT itself.
     """
     keras, tfqat = _keras_and_tfqat()
-    from tfqat import models
+    from tfqat.training import models
 
     runs, jobs = [], []
     for name in config.b2_models:

@@ -19,7 +19,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfqat  # noqa: E402
-from tfqat import data, evaluation  # noqa: E402
+from tfqat.training import data  # noqa: E402
+from tfqat.diagnostics import evaluation  # noqa: E402
 
 
 def build_model(input_shape, num_classes):

@@ -22,7 +22,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfqat  # noqa: E402
-from tfqat import data, evaluation, models  # noqa: E402
+from tfqat.training import data, models  # noqa: E402
+from tfqat.diagnostics import evaluation  # noqa: E402
 
 # Float training: (epochs, peak learning rate) per model, found on mnist5k.
 FLOAT_RECIPES = {"lenet5": (8, 2e-3), "small_resnet": (10, 5e-3)}

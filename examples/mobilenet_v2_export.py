@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfqat  # noqa: E402
-from tfqat import evaluation  # noqa: E402
+from tfqat.diagnostics import evaluation  # noqa: E402
 
 
 def main(argv=None):

@@ -45,7 +45,7 @@ def main():
         qat = tfqat.quantize_model(model, config)
         qat.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
     if args.strategy == "multi_worker":
-        from tfqat.distribute import fit_epoch_custom
+        from tfqat.training.distribute import fit_epoch_custom
 
         for _ in range(2):
             fit_epoch_custom(qat, strategy, x, y, batch_size=16)

@@ -113,7 +113,7 @@ def test_interleaved_times_rotate_the_order():
 def test_tfmot_side_rebuilds_the_zoo_models(name):
     import keras
 
-    from tfqat import models
+    from tfqat.training import models
 
     common = _load("common")
     shape = (32, 32, 3) if name == "resnet8" else (28, 28, 1)

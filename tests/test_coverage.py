@@ -3,7 +3,7 @@
 Each case runs bench/coverage.py's `measure` (quantize_model, two training
 steps, calibration, export_tflite, fidelity) and checks the result and the
 table row. Random-weight nets amplify last-bit rounding differences (see
-tfqat/fidelity.py), so the exactness of the simulation is checked op by op;
+tfqat/diagnostics/fidelity.py), so the exactness of the simulation is checked op by op;
 the end-to-end figures only have to show a working classifier.
 About 20 s (MobileNet) to 60 s (NASNetMobile) per model on 2 CPU cores.
 """

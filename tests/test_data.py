@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfqat import data
+from tfqat.training import data
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat import data, evaluation, models
+from tfqat.training import data, models
+
+from tfqat.diagnostics import evaluation
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat import evaluation
-from tfqat.inspection import load_interpreter
+from tfqat.diagnostics import evaluation
+from tfqat.export.reader import load_interpreter
 
 NUM_CLASSES = 5
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.fidelity import op_fidelity
+from tfqat.diagnostics.fidelity import op_fidelity
 from tiny_models import calibrate_quantizers, mixed_model, random_images, randomize_batchnorm
 
 
@@ -47,7 +47,7 @@ def test_models_with_several_inputs_are_refused():
 
 
 def test_scopes_that_look_like_several_layers_go_to_the_right_one():
-    from tfqat.fidelity import _scope_owners
+    from tfqat.diagnostics.fidelity import _scope_owners
 
     # Traced after conv2d_1, layer conv2d's scope is conv2d_2; conv2d_2's own is conv2d_2_2.
     names = ["m/conv2d_1_1/Conv2D", "m/conv2d_2/Conv2D;m/conv2d_2/BiasAdd", "m/conv2d_2_2/Conv2D"]

@@ -1,7 +1,7 @@
 import keras
 import pytest
 
-from tfqat.graph import GraphError, TensorRef, flatten_model, functional_of
+from tfqat.rewrite.graph import GraphError, TensorRef, flatten_model, functional_of
 
 
 def test_flatten_lists_nodes_in_topological_order_with_tensor_ids():

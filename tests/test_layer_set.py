@@ -2,7 +2,7 @@
 
 Small models with the real converter and LiteRT: the .tflite must be
 integer-only, hold the TFLite ops we expect for the layer (the converter facts
-in tfqat/rules.py and tfqat/activations.py), and match the QAT model op by op
+in tfqat/rewrite/rules.py and tfqat/nn/activations.py), and match the QAT model op by op
 within 1 LSB and end to end within 2 output LSBs.
 """
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.evaluation import compare_to_model
-from tfqat.fidelity import op_fidelity
+from tfqat.diagnostics.evaluation import compare_to_model
+from tfqat.diagnostics.fidelity import op_fidelity
 from tiny_models import randomize_batchnorm
 
 L = keras.layers

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfqat.activations import QuantActivation
-from tfqat.layers import (QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantConv2DTranspose,
+from tfqat.nn.activations import QuantActivation
+from tfqat.nn.layers import (QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantConv2DTranspose,
                           QuantDense, QuantDepthwiseConv2D, QuantRescaling)
 
 NO_QUANT_BITS = 16  # quantization effectively off

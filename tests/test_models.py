@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat import models
+from tfqat.training import models
 
 
 def layer_counts(model):

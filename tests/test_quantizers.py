@@ -7,8 +7,8 @@ from hypothesis.extra import numpy as hnp
 
 import keras
 
-from tfqat.activations import QuantActivation
-from tfqat.quantizers import (FIXED_RANGES, ActivationQuantizer, bypass_quantizers,
+from tfqat.nn.activations import QuantActivation
+from tfqat.nn.quantizers import (FIXED_RANGES, ActivationQuantizer, bypass_quantizers,
                               fake_quant_weights)
 
 

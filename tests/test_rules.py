@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from tfqat import layers as qlayers
-from tfqat import rules
+from tfqat.nn import layers as qlayers
+from tfqat.rewrite import rules
 from tfqat.config import LayerQuantConfig
-from tfqat.graph import flatten_model
+from tfqat.rewrite.graph import flatten_model
 
 
 def built(layer, shape):

@@ -44,7 +44,7 @@ def random_images(n=32, shape=(12, 12, 1), seed=0):
 
 def calibrate_quantizers(qat_model, x):
     """Initializes every activation range from `x` without changing weights or BN state."""
-    from tfqat.quantizers import ActivationQuantizer
+    from tfqat.nn.quantizers import ActivationQuantizer
 
     trainable = {}
     for layer in qat_model.layers:

@@ -7,18 +7,18 @@ Example:
   >>> tfqat.export_tflite(qat, "model_int8.tflite")
 """
 
-from tfqat.activations import QuantActivation
-from tfqat.calibration import calibrate
+from tfqat.nn.activations import QuantActivation
+from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
-from tfqat.debugging import LayerReport, TFLiteDiff, compare_tflite, layer_report
-from tfqat.fidelity import OpFidelity, op_fidelity
-from tfqat.tflite_export import ExportError, NotIntegerOnlyError, export_tflite
-from tfqat.graph import GraphError
-from tfqat.inspection import TFLiteReport, inspect_tflite
-from tfqat.layers import (FusedQuantLayer, QuantBatchNormalization, QuantConv1D, QuantConv2D,
+from tfqat.diagnostics.report import LayerReport, TFLiteDiff, compare_tflite, layer_report
+from tfqat.diagnostics.fidelity import OpFidelity, op_fidelity
+from tfqat.export.tflite import ExportError, NotIntegerOnlyError, export_tflite
+from tfqat.rewrite.graph import GraphError
+from tfqat.export.reader import TFLiteReport, inspect_tflite
+from tfqat.nn.layers import (FusedQuantLayer, QuantBatchNormalization, QuantConv1D, QuantConv2D,
                           QuantConv2DTranspose, QuantDense, QuantDepthwiseConv2D, QuantRescaling)
-from tfqat.quantizers import ActivationQuantizer, bypass_quantizers
-from tfqat.transforms import UnsupportedLayerError, quantize_model
+from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
 
 __version__ = "0.1.0"
 

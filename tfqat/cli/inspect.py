@@ -8,7 +8,7 @@ read as a .tflite (missing, not a TFLite model, truncated), and with
 
 Example:
   $ tfqat-inspect model_int8.tflite
-  $ python -m tfqat.inspect_cli --check model_int8.tflite && echo integer-only
+  $ python -m tfqat.cli.inspect --check model_int8.tflite && echo integer-only
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from tfqat.inspection import inspect_tflite
+from tfqat.export.reader import inspect_tflite
 
 PROG = "tfqat-inspect"
 # Bytes 4..7 of every TFLite flatbuffer.

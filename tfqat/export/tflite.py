@@ -9,13 +9,13 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfqat.activations import QuantActivation
+from tfqat.nn.activations import QuantActivation
 from tfqat.config import EXPORT_MAX_BITS
 from tfqat.files import atomic_write_bytes
-from tfqat.inspection import FLOAT_OPS_ALLOWED_METADATA, inspect_tflite
-from tfqat.layers import FusedQuantLayer
-from tfqat.quantizers import ActivationQuantizer
-from tfqat.rules import runs_quantized
+from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, inspect_tflite
+from tfqat.nn.layers import FusedQuantLayer
+from tfqat.nn.quantizers import ActivationQuantizer
+from tfqat.rewrite.rules import runs_quantized
 
 
 class ExportError(ValueError):

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.tflite_export import _not_integer_only
-from tfqat.evaluation import compare_to_model
-from tfqat.inspection import load_interpreter
+from tfqat.export.tflite import _not_integer_only
+from tfqat.diagnostics.evaluation import compare_to_model
+from tfqat.export.reader import load_interpreter
 from tiny_models import calibrate_quantizers, mixed_model, random_images, randomize_batchnorm
 
 

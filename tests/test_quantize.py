@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.quantizers import ActivationQuantizer
+from tfqat.nn.quantizers import ActivationQuantizer
 from tiny_models import calibrate_quantizers, mixed_model, random_images, randomize_batchnorm
 
 

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from tfqat import cli  # noqa: E402
+from tfqat.cli import flags as cli  # noqa: E402
 
 PROGRAM = "tfqat-train"
 
@@ -44,7 +44,7 @@ def main(argv):
     cli.quiet_logging()
     if len(argv) > 1:
         cli.fail(PROGRAM, f"unexpected arguments {argv[1:]}; all options are --flags.")
-    from tfqat import pipeline
+    from tfqat.training import pipeline
 
     try:
         config = pipeline.PipelineConfig(

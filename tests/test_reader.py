@@ -2,7 +2,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfqat
-from tfqat.inspection import OpInfo, TensorInfo
+from tfqat.export.reader import OpInfo, TensorInfo
 from tiny_models import mixed_model
 
 

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.calibration import calibrate
-from tfqat.inspect_cli import main
+from tfqat.calibration.calibrators import calibrate
+from tfqat.cli.inspect import main
 from tiny_models import random_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +89,7 @@ def test_directory_and_usage_errors(files, capsys):
 
 def _run_module(path):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "tfqat.inspect_cli", str(path)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "tfqat.cli.inspect", str(path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -28,13 +28,13 @@ import math
 import keras
 import numpy as np
 
-from tfqat.calibration import (check_inputs, input_batches, quantizer_input_model, run_probe,
+from tfqat.calibration.calibrators import (check_inputs, input_batches, quantizer_input_model, run_probe,
                                tracked_quantizers)
-from tfqat.evaluation import compare_to_model, run_tflite
+from tfqat.diagnostics.evaluation import compare_to_model, run_tflite
 from tfqat.files import atomic_write_bytes
-from tfqat.layers import FusedQuantLayer
-from tfqat.quantizers import bypass_quantizers
-from tfqat.rules import activation_kind
+from tfqat.nn.layers import FusedQuantLayer
+from tfqat.nn.quantizers import bypass_quantizers
+from tfqat.rewrite.rules import activation_kind
 
 BYPASSED = "bypassed"
 
@@ -288,7 +288,7 @@ def _check_same_inputs(float_model, qat_model):
 class TFLiteDiff:
     """What `compare_tflite` returns.
 
-    summary: tfqat.evaluation.Comparison (agreement, max/mean LSB difference,
+    summary: tfqat.diagnostics.evaluation.Comparison (agreement, max/mean LSB difference,
       accuracies when labels were given).
     lsb_histogram: {difference in output LSBs (rounded): number of output values}.
     worst_indices: input indices, worst first: top-1 disagreements, then the
@@ -327,7 +327,7 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
                    num_worst: int = 10) -> TFLiteDiff:
     """How a .tflite's outputs differ from its QAT model's, input by input.
 
-    Builds on tfqat.evaluation: `compare_to_model` gives the summary and
+    Builds on tfqat.diagnostics.evaluation: `compare_to_model` gives the summary and
     `run_tflite` the per-input outputs (so the .tflite runs twice).
 
     Args:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfqat.quantizers import fake_quant_weights, pass_through_during_delay
+from tfqat.nn.quantizers import fake_quant_weights, pass_through_during_delay
 
 FUSABLE_ACTIVATIONS = {
     None: tf.identity,

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
 
 METHODS = ("minmax", "percentile", "entropy")
 NUM_BINS = 8001

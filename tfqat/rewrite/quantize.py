@@ -1,7 +1,7 @@
 """`quantize_model`: rewrites a float Keras model into a QAT model.
 
 Steps: flatten the graph (nested models expanded), split non-linear
-activations off Conv/Dense layers, match the rewrite rules of `tfqat.rules`
+activations off Conv/Dense layers, match the rewrite rules of `tfqat.rewrite.rules`
 node by node, and rebuild a Functional model in which every tensor that will
 be int8 in the exported model carries a fake quant.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import keras
 
-from tfqat import rules as rules_lib
+from tfqat.rewrite import rules as rules_lib
 from tfqat.config import QuantConfig
-from tfqat.graph import Graph, Node, TensorRef, flatten_model, substitute
-from tfqat.quantizers import ActivationQuantizer
+from tfqat.rewrite.graph import Graph, Node, TensorRef, flatten_model, substitute
+from tfqat.nn.quantizers import ActivationQuantizer
 
 
 class UnsupportedLayerError(ValueError):
@@ -220,7 +220,7 @@ class _Rebuilder:
         """A new layer like the excluded `layer` (weights are set once it is built).
 
         Calling the user's own layer would add a node to the user's model (and
-        tfqat.debugging then finds no single float counterpart for it).
+        tfqat.diagnostics.report then finds no single float counterpart for it).
         """
         if type(layer) is keras.layers.Lambda:
             # from_config cannot rebuild a Python lambda (refused in safe mode) or an

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfqat.quantizers import FIXED_RANGES, fake_quant_after_delay
+from tfqat.nn.quantizers import FIXED_RANGES, fake_quant_after_delay
 
 # The fixed range of the fake quant on each decomposition's inner int8 tensor.
 INNER_RANGES = {
@@ -57,7 +57,7 @@ class QuantActivation(keras.layers.Layer):
       array([[0. , 0.5, 1. ]], dtype=float32)
     """
 
-    bypassable = True  # read by tfqat.quantizers.bypass_quantizers
+    bypassable = True  # read by tfqat.nn.quantizers.bypass_quantizers
 
     def __init__(self, kind, bits=8, quant_delay=0, **kwargs):
         super().__init__(**kwargs)

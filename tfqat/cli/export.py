@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from tfqat import cli  # noqa: E402
+from tfqat.cli import flags as cli  # noqa: E402
 
 PROGRAM = "tfqat-export"
 
@@ -60,7 +60,7 @@ def main(argv):
         cli.fail(PROGRAM, f"unexpected arguments {argv[1:]}; use --model and --output.")
     _check_paths(FLAGS.model, FLAGS.output)
     model = _load(FLAGS.model)
-    from tfqat.tflite_export import ExportError, export_tflite
+    from tfqat.export.tflite import ExportError, export_tflite
 
     try:
         export_tflite(model, FLAGS.output)
@@ -74,7 +74,7 @@ def main(argv):
     size = os.path.getsize(FLAGS.output)
     print(f"Wrote {FLAGS.output} ({size:,} bytes, integer-only, int8 input and output).")
     if FLAGS.report:
-        from tfqat.inspection import inspect_tflite
+        from tfqat.export.reader import inspect_tflite
 
         print(inspect_tflite(FLAGS.output))
     if FLAGS.eval_dataset:
@@ -82,8 +82,8 @@ def main(argv):
 
 
 def _evaluate(model):
-    from tfqat import data as data_lib
-    from tfqat.evaluation import compare_to_model
+    from tfqat.training import data as data_lib
+    from tfqat.diagnostics.evaluation import compare_to_model
 
     try:
         dataset = data_lib.load_dataset(FLAGS.eval_dataset, data_dir=FLAGS.data_dir)

@@ -76,7 +76,7 @@ def fake_quant_after_delay(x, range_min, range_max, bits, training, step, quant_
     Inference always quantizes; training passes `x` through while the step
     counter `step` (an int64 variable) is below `quant_delay`; counted=True:
     this step has already been added to it. Counting steps and bypassing are
-    the caller's (ActivationQuantizer, tfqat.activations.QuantActivation).
+    the caller's (ActivationQuantizer, tfqat.nn.activations.QuantActivation).
     """
     quantize = lambda: fake_quant_activations(x, range_min, range_max, bits)
     if not training:
@@ -189,7 +189,7 @@ def bypass_quantizers(model):
     input with no activation quantized upstream; this switch gives it without
     building a second, float copy of the model. It acts on every layer with a
     true `bypassable` attribute: ActivationQuantizers and the inner fixed-range
-    fake quants of `tfqat.activations.QuantActivation`. Ranges and step
+    fake quants of `tfqat.nn.activations.QuantActivation`. Ranges and step
     counters are left alone. The flag is read when `call` runs: it acts on
     eager calls and on functions traced inside the block, not on functions
     traced before it. Yields the ActivationQuantizers, in `model.layers` order

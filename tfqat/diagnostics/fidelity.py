@@ -1,6 +1,6 @@
 """Op-by-op fidelity: does the QAT model compute what each int8 op of the .tflite computes?
 
-An end-to-end comparison (`tfqat.evaluation.compare_to_model`) mixes two
+An end-to-end comparison (`tfqat.diagnostics.evaluation.compare_to_model`) mixes two
 things: how exactly the QAT model simulates each integer op, and how much the
 network amplifies the last-bit rounding differences between float and
 fixed-point arithmetic. A deep net with random weights and BatchNorm amplifies
@@ -29,9 +29,9 @@ import re
 import keras
 import numpy as np
 
-from tfqat.evaluation import quantize_input
-from tfqat.inspection import load_interpreter
-from tfqat.quantizers import ActivationQuantizer
+from tfqat.diagnostics.evaluation import quantize_input
+from tfqat.export.reader import load_interpreter
+from tfqat.nn.quantizers import ActivationQuantizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ SMALL_RUN = ["--model=lenet5", "--dataset=digits", "--float_epochs=10", "--qat_e
 
 def train_cli(*args, **popen):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-m", "tfqat.train", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "tfqat.cli.train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -1,4 +1,4 @@
-"""tfqat-export, run as a real subprocess: `python -m tfqat.export`."""
+"""tfqat-export, run as a real subprocess: `python -m tfqat.cli.export`."""
 
 import os
 import subprocess
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def export_cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "tfqat.export", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "tfqat.cli.export", *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
 

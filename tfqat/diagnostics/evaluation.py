@@ -7,7 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfqat.inspection import load_interpreter
+from tfqat.export.reader import load_interpreter
 
 QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
 

@@ -16,16 +16,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat import data as data_lib
-from tfqat import models as models_lib
-from tfqat import distribute
+from tfqat.training import data as data_lib
+from tfqat.training import models as models_lib
+from tfqat.training import distribute
 from tfqat.config import QuantConfig
-from tfqat.evaluation import compare_to_model
+from tfqat.diagnostics.evaluation import compare_to_model
 from tfqat.files import atomic_write_bytes
-from tfqat.layers import FusedQuantLayer
-from tfqat.quantizers import ActivationQuantizer
-from tfqat.tflite_export import export_tflite
-from tfqat.transforms import quantize_model
+from tfqat.nn.layers import FusedQuantLayer
+from tfqat.nn.quantizers import ActivationQuantizer
+from tfqat.export.tflite import export_tflite
+from tfqat.rewrite.quantize import quantize_model
 
 @dataclasses.dataclass
 class PipelineConfig:

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.calibration import (EntropyCalibrator, PercentileCalibrator, StreamingHistogram,
+from tfqat.calibration.calibrators import (EntropyCalibrator, PercentileCalibrator, StreamingHistogram,
                                calibrate, entropy_threshold, tracked_quantizers)
-from tfqat.evaluation import run_tflite
-from tfqat.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.diagnostics.evaluation import run_tflite
+from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
 from tiny_models import mixed_model, random_images, randomize_batchnorm
 
 
@@ -321,7 +321,7 @@ def test_bad_data_gets_a_clear_error(float_model):
 
 @pytest.fixture(scope="module")
 def trained_digits_cnn():
-    from tfqat.data import load_digits
+    from tfqat.training.data import load_digits
 
     keras.utils.set_random_seed(0)
     data = load_digits(seed=0)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.calibration import calibrate
-from tfqat.debugging import CSV_COLUMNS, compare_tflite, layer_report
-from tfqat.evaluation import compare_to_model, run_tflite
-from tfqat.quantizers import bypass_quantizers
+from tfqat.calibration.calibrators import calibrate
+from tfqat.diagnostics.report import CSV_COLUMNS, compare_tflite, layer_report
+from tfqat.diagnostics.evaluation import compare_to_model, run_tflite
+from tfqat.nn.quantizers import bypass_quantizers
 from tiny_models import mixed_model, random_images, randomize_batchnorm
 
 EXPECTED_REFERENCES = {
@@ -205,7 +205,7 @@ def test_compare_tflite_errors_are_clear(models, exported):
 
 
 def test_sqnr_helpers_handle_exact_and_silent_tensors():
-    from tfqat.debugging import _sqnr_db
+    from tfqat.diagnostics.report import _sqnr_db
 
     assert _sqnr_db(1.0, 0.0) == math.inf
     assert _sqnr_db(0.0, 1.0) == -math.inf

@@ -1,0 +1,1 @@
+"""Setting activation ranges from data without training (minmax, percentile, entropy)."""

@@ -1,0 +1,1 @@
+"""The command-line apps: tfqat-train, tfqat-export and tfqat-inspect."""

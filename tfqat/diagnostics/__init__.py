@@ -1,0 +1,1 @@
+"""Comparing a QAT model with its .tflite: op fidelity, per-layer reports, end-to-end runs."""

@@ -1,0 +1,75 @@
+"""Rules for merges: Add/Subtract/Multiply/Concatenate layers and the elementwise Keras ops
+recorded in a Functional graph (`x + 3.0`), with an optional ReLU after them."""
+
+from __future__ import annotations
+
+import keras
+
+from tfqat.rewrite.graph import TensorRef
+from tfqat.rewrite.rules.activations import RELU_TAIL
+from tfqat.rewrite.rules.base import RewriteRule, Step, build_tracked, keras_op_name
+
+
+# (Not Average: TFLite runs it as ADD then MUL, and the sum between them has no int8 scale.)
+MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
+               keras.layers.Concatenate)
+
+
+# Keras ops recorded in a Functional graph (`x + 3.0`, `a * b`): ADD/SUB/MUL with a tensor or
+# a scalar constant are int8 ops (the converter quantizes a constant operand itself); a
+# division by a constant becomes MUL. TFLite has no int8 DIV, so any other division is
+# refused (see divides_by_tensor).
+ELEMENTWISE_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
+
+
+DIVISION_OPS = ("Divide", "TrueDivide")
+
+
+# Merge layers that TFLite runs as binary int8 ops: with more inputs, the converter chains
+# them and the intermediate sums or products stay float.
+BINARY_MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+
+
+def is_merge(layer) -> bool:
+    """A merge layer (Add, Subtract, Multiply, Concatenate) or an elementwise Keras op."""
+    return type(layer) in MERGE_TYPES or keras_op_name(layer) in ELEMENTWISE_OPS
+
+
+def divides_by_tensor(node) -> bool:
+    """Whether a graph node (tfqat.rewrite.graph.Node) is a Keras division op that is not tensor / constant.
+
+    Only a tensor divided by a constant is an int8 op (the converter makes it
+    MUL by the reciprocal); `a / b` or `2.0 / x` is DIV, which TFLite runs in
+    float only.
+
+    Example:
+      >>> inp = keras.Input((4,))
+      >>> (node,) = tfqat.rewrite.graph.flatten_model(keras.Model(inp, inp / inp)).nodes
+      >>> divides_by_tensor(node)
+      True
+    """
+    if keras_op_name(node.layer) not in DIVISION_OPS:
+        return False
+    operands = [*node.args, *(node.kwargs[key] for key in ("x1", "x2") if key in node.kwargs)]
+    dividend, divisor = operands[:2]
+    return not isinstance(dividend, TensorRef) or isinstance(divisor, TensorRef)
+
+
+def merges_more_than_two(node) -> bool:
+    """Whether a graph node is an Add/Multiply (or Subtract) of more than two tensors.
+
+    Example:
+      >>> a, b, c = (keras.Input((4,)) for _ in range(3))
+      >>> model = keras.Model([a, b, c], keras.layers.Add()([a, b, c]))
+      >>> merges_more_than_two(tfqat.rewrite.graph.flatten_model(model).nodes[0])
+      True
+    """
+    if type(node.layer) not in BINARY_MERGE_TYPES or not node.args:
+        return False
+    inputs = node.args[0]
+    return isinstance(inputs, (list, tuple)) and len(inputs) > 2
+
+
+RULES = (
+    RewriteRule("merge_relu", (Step("merge", is_merge), RELU_TAIL), build_tracked, True),
+)
