@@ -224,12 +224,3 @@ def test_clone_builders_copy_layers_and_weights():
                                       LayerQuantConfig())
     assert [l.name for l in replacement.layers] == ["a", "r"]
     assert all(new is not old for new, old in zip(replacement.layers, [add]))
-
-
-def test_runs_quantized():
-    assert rules.runs_quantized(keras.layers.Add())
-    assert rules.runs_quantized(keras.layers.LeakyReLU())
-    assert not rules.runs_quantized(keras.layers.ELU())  # replaced by QuantActivation
-    assert rules.runs_quantized(qlayers.QuantDense(2))
-    assert not rules.runs_quantized(keras.layers.Dense(2))
-    assert not rules.runs_quantized(keras.layers.LayerNormalization())

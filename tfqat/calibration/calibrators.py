@@ -36,7 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.nn.quantizers import bypass_quantizers
+from tfqat.rewrite.record import record_of
 
 METHODS = ("minmax", "percentile", "entropy")
 NUM_BINS = 8001
@@ -461,14 +462,14 @@ def input_batches(model, data, batch_size=32, num_batches=None, what="calibrate"
 # ---- calibrate -----------------------------------------------------------------
 
 def tracked_quantizers(qat_model) -> list:
-    """The ActivationQuantizers of `qat_model` whose range comes from data (not fixed).
+    """The ActivationQuantizers of `qat_model` whose range comes from data (not fixed),
+    as its quantization record lists them.
 
     Example:
       >>> [q.name for q in tracked_quantizers(tfqat.quantize_model(model))][:2]
       ['image_fq', 'conv1_fq']
     """
-    return [layer for layer in qat_model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None]
+    return [qat_model.get_layer(name) for name in record_of(qat_model).tracked_quantizers()]
 
 
 def quantizer_input_model(qat_model, quantizers) -> keras.Model:
@@ -562,8 +563,6 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         if hi - lo < _MIN_RANGE_WIDTH:  # a dead (all-zero) activation
             hi = lo + _MIN_RANGE_WIDTH
-        quantizer.range_min.assign(lo)
-        quantizer.range_max.assign(hi)
-        quantizer.step.assign(max(int(quantizer.step.numpy()), 1))
+        quantizer.set_range(lo, hi)
         ranges[quantizer.name] = quantizer.current_range()
     return ranges

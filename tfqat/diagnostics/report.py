@@ -5,17 +5,14 @@ float model's tensor at the same point. `compare_tflite` says how far a
 .tflite's outputs are from its QAT model's, in output LSBs, and which inputs
 differ most.
 
-Matching QAT quantizers to float tensors: a quantizer is named
-`<producing layer>_fq`, and its producer keeps the float layer's name. A fused
-layer stands for a chain (conv1 -> bn1 -> relu1 becomes `conv1`), so the
-float counterpart of `conv1_fq` is the output of the chain's last layer,
-found by walking the float graph from `conv1` through the BatchNormalization
-and ReLU that the fused layer folded. Where no float tensor corresponds (a
-float activation that quantize_model split off, a nested float model, a
-different float model) the reference is the same QAT tensor with every
-activation quantizer passed through ("bypassed"): it still has fake-quantized
-weights, so it shows activation error only. Each row says which reference it
-used.
+Matching QAT quantizers to float tensors: the quantization record says, for
+each quantizer, which float layer's output it quantizes (a fused conv1 -> bn1
+-> relu1 quantizes relu1's output). Where no float tensor corresponds (the
+conv before an activation that quantize_model split off, a layer of a nested
+float model, a different float model) the reference is the same QAT tensor
+with every activation quantizer passed through ("bypassed"): it still has
+fake-quantized weights, so it shows activation error only. Each row says which
+reference it used.
 """
 
 from __future__ import annotations
@@ -32,9 +29,9 @@ from tfqat.calibration.calibrators import (check_inputs, input_batches, quantize
                                tracked_quantizers)
 from tfqat.diagnostics.evaluation import compare_to_model, run_tflite
 from tfqat.files import atomic_write_bytes
-from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import bypass_quantizers
-from tfqat.rewrite.rules import activation_kind
+from tfqat.rewrite import graph
+from tfqat.rewrite.record import record_of
 
 BYPASSED = "bypassed"
 
@@ -118,65 +115,13 @@ def _sqnr_db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _producer(tensor):
-    return tensor._keras_history.operation
-
-
-def _sole_consumer(float_model, tensor):
-    """The one layer of `float_model` that reads `tensor`, or None."""
-    readers = []
-    for layer in float_model.layers:
-        for node in layer._inbound_nodes:
-            if any(t is tensor for t in keras.tree.flatten(node.input_tensors)):
-                readers.append((layer, node))
-    return readers[0] if len(readers) == 1 else None
-
-
-def _single_output(layer, node):
-    outputs = keras.tree.flatten(node.output_tensors)
-    return outputs[0] if len(outputs) == 1 else None
-
-
-def _float_counterpart(float_model, quantizer):
-    """(float KerasTensor, float layer name) for a QAT quantizer, or None."""
-    producer = _producer(quantizer.input)
-    if isinstance(producer, keras.layers.InputLayer):
-        for tensor in float_model.inputs:
-            if _producer(tensor).name == producer.name:
-                return tensor, producer.name
+def _float_counterpart(float_model, qat_model, quantizer):
+    """(float KerasTensor, float layer name) for a QAT quantizer, from the quantization record."""
+    name = record_of(qat_model).quantizer(quantizer.name).float_tensor
+    tensor = graph.output_of(float_model, name) if name is not None else None
+    if tensor is None or tuple(tensor.shape[1:]) != tuple(quantizer.input.shape[1:]):
         return None
-    names = {layer.name for layer in float_model.layers}
-    if producer.name not in names:
-        return None
-    layer = float_model.get_layer(producer.name)
-    if len(layer._inbound_nodes) != 1:
-        return None  # a shared layer: which call is meant is unclear
-    node = layer._inbound_nodes[0]
-    tensor = _single_output(layer, node)
-    if tensor is None:
-        return None
-    if isinstance(producer, FusedQuantLayer):
-        own = keras.activations.serialize(getattr(layer, "activation", None) or
-                                          keras.activations.linear)
-        if own not in ("linear", producer.activation):
-            return None  # the float tensor includes an activation the QAT one lacks
-        follow = []
-        folds_bn = not isinstance(layer, keras.layers.BatchNormalization)
-        if producer.batchnorm is not None and folds_bn:
-            follow.append(lambda l: type(l) is keras.layers.BatchNormalization)
-        if producer.activation is not None and own == "linear":
-            follow.append(lambda l: activation_kind(l) == producer.activation)
-        for matches in follow:
-            found = _sole_consumer(float_model, tensor)
-            if found is None or not matches(found[0]):
-                return None
-            layer, node = found
-            tensor = _single_output(layer, node)
-            if tensor is None:
-                return None
-    if tuple(tensor.shape[1:]) != tuple(quantizer.input.shape[1:]):
-        return None
-    return tensor, layer.name
+    return tensor, name
 
 
 class _Accumulator:
@@ -232,7 +177,7 @@ def layer_report(float_model, qat_model, data, batch_size: int = 32,
     counterparts = {}
     if float_model is not None:
         _check_same_inputs(float_model, qat_model)
-        counterparts = {q.name: _float_counterpart(float_model, q) for q in quantizers}
+        counterparts = {q.name: _float_counterpart(float_model, qat_model, q) for q in quantizers}
     matched = [q for q in quantizers if counterparts.get(q.name) is not None]
     bypassed = [q for q in quantizers if counterparts.get(q.name) is None]
 

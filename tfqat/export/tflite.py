@@ -15,7 +15,7 @@ from tfqat.files import atomic_write_bytes
 from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, inspect_tflite
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
-from tfqat.rewrite.rules import runs_quantized
+from tfqat.rewrite.record import record_of
 
 
 class ExportError(ValueError):
@@ -88,8 +88,8 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
         raise ExportError(
             f"Model '{qat_model.name}' has no tfqat quantizers: it is a float model. "
             "Run tfqat.quantize_model(model), train or calibrate it, then export.")
-    float_layers = [f"{l.name} ({type(l).__name__})" for l in qat_model.layers
-                    if not runs_quantized(l)]
+    float_layers = [f"{name} ({type(qat_model.get_layer(name)).__name__})"
+                    for name in record_of(qat_model).float_layers]
     if float_layers and not allow_float_ops:
         raise ExportError(
             f"These layers are float in model '{qat_model.name}' (excluded, or not quantized): "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfqat.nn.quantizers import FIXED_RANGES, fake_quant_after_delay
+from tfqat.nn.quantizers import FIXED_RANGES, add_step_counter, fake_quant_after_delay
 
 # The fixed range of the fake quant on each decomposition's inner int8 tensor.
 INNER_RANGES = {
@@ -70,9 +70,7 @@ class QuantActivation(keras.layers.Layer):
         self._bypassed = False
 
     def build(self, input_shape):
-        self.step = self.add_weight(
-            name="step", shape=(), dtype="int64", initializer="zeros", trainable=False,
-            aggregation="only_first_replica")
+        self.step = add_step_counter(self)
 
     def _inner(self, x, training):
         if self._bypassed:

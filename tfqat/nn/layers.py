@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfqat.nn.quantizers import fake_quant_weights, pass_through_during_delay
+from tfqat.nn.quantizers import add_step_counter, fake_quant_weights, pass_through_during_delay
 
 FUSABLE_ACTIVATIONS = {
     None: tf.identity,
@@ -117,9 +117,7 @@ class FusedQuantLayer(keras.layers.Layer):
             self.moving_variance = self.add_weight(
                 name="moving_variance", shape=(channels,), initializer="ones", trainable=False,
                 aggregation="mean")
-        self.step = self.add_weight(
-            name="step", shape=(), dtype="int64", initializer="zeros", trainable=False,
-            aggregation="only_first_replica")
+        self.step = add_step_counter(self)
         self._channels = channels
 
     def call(self, inputs, training=None):

@@ -62,6 +62,16 @@ def _global_min_max(local_min, local_max):
     return -extremes[0], extremes[1]
 
 
+def add_step_counter(layer):
+    """The training-step counter of a QAT layer (the quant_delay and bn_freeze_delay clock).
+
+    One counter per layer, counted on the first replica only, so that it does
+    not depend on the number of replicas.
+    """
+    return layer.add_weight(name="step", shape=(), dtype="int64", initializer="zeros",
+                            trainable=False, aggregation="only_first_replica")
+
+
 def pass_through_during_delay(step, quant_delay, unquantized, quantize_fn):
     """`quantize_fn()` once `step` reaches `quant_delay`, else `unquantized`."""
     if not quant_delay:
@@ -119,14 +129,41 @@ class ActivationQuantizer(keras.layers.Layer):
             self.range_max = self.add_weight(
                 name="range_max", shape=(), initializer="zeros", trainable=False,
                 aggregation="mean")
-        self.step = self.add_weight(
-            name="step", shape=(), dtype="int64", initializer="zeros", trainable=False,
+        self.step = add_step_counter(self)
+        # Whether the range has been set from data (by training or calibrate), apart from the
+        # step counter: calibration sets a range without taking a training step.
+        self.calibrated = self.add_weight(
+            name="calibrated", shape=(), dtype="bool", initializer="zeros", trainable=False,
             aggregation="only_first_replica")
+
+    def load_own_variables(self, store):
+        if len(store.keys()) == len(self.variables) - 1:
+            # Saved before the `calibrated` flag existed: a range was set once a step ran.
+            for variable, key in zip(self.variables[:-1], sorted(store.keys(), key=int)):
+                variable.assign(store[key])
+            self.calibrated.assign(self.fixed_range is not None or int(self.step.numpy()) > 0)
+            return
+        super().load_own_variables(store)
 
     @property
     def is_calibrated(self) -> bool:
         """False while a tracked range has never seen data."""
-        return self.fixed_range is not None or int(self.step.numpy()) > 0
+        return self.fixed_range is not None or bool(self.calibrated.numpy())
+
+    def set_range(self, lo: float, hi: float) -> None:
+        """Sets the tracked range (as calibration does): it counts as calibrated from now on,
+        and training continues its moving average from it.
+
+        Example:
+          >>> quantizer.set_range(0.0, 6.0); quantizer.is_calibrated
+          True
+        """
+        if self.fixed_range is not None:
+            raise ValueError(f"Quantizer '{self.name}' has the fixed range {self.fixed_range}; "
+                             "it cannot be set.")
+        self.range_min.assign(lo)
+        self.range_max.assign(hi)
+        self.calibrated.assign(True)
 
     def current_range(self):
         """(min, max) as Python floats."""
@@ -162,12 +199,13 @@ class ActivationQuantizer(keras.layers.Layer):
         batch_min, batch_max = _global_min_max(tf.reduce_min(x), tf.reduce_max(x))
         batch_min = tf.minimum(batch_min, 0.0)
         batch_max = tf.maximum(batch_max, 0.0)
-        first = tf.equal(self.step, 0)
+        first = tf.logical_not(self.calibrated)
         decay = self.ema_decay
         new_min = tf.where(first, batch_min, decay * self.range_min + (1.0 - decay) * batch_min)
         new_max = tf.where(first, batch_max, decay * self.range_max + (1.0 - decay) * batch_max)
         self.range_min.assign(new_min)
         self.range_max.assign(new_max)
+        self.calibrated.assign(True)
         return new_min, new_max
 
     def compute_output_shape(self, input_shape):

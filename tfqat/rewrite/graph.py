@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 from keras import tree
+from keras.src.models.functional import Functional  # the base of tfqat's QATModel
 
 
 class GraphError(ValueError):
@@ -35,9 +36,15 @@ class Node:
     kwargs: dict
     outputs: list
     config_name: str = ""  # the original layer whose QuantConfig settings apply
+    scope: str = ""  # "outer/" for a layer of nested model "outer"
 
     def __post_init__(self):
         self.config_name = self.config_name or self.layer.name
+
+    @property
+    def float_name(self) -> str:
+        """The original float layer's name, nested models' names in front ("outer/conv")."""
+        return f"{self.scope}{self.config_name}"
 
     @property
     def inputs(self) -> list:
@@ -59,6 +66,18 @@ class Graph:
     outputs: Any  # structure of tensor ids
     shapes: dict  # tensor id -> shape (batch dim included)
     next_id: int = 0
+    num_original: int = 0  # ids below this are tensors of the float model
+
+    def is_original(self, tid: int) -> bool:
+        """Whether tensor `tid` is a tensor of the float model (not one a rewrite made)."""
+        return tid < self.num_original
+
+    def producer(self, tid: int):
+        """The node that computes tensor `tid`, or None for a model input."""
+        for node in self.nodes:
+            if tid in node.outputs:
+                return node
+        return None
 
     def new_tensor(self, shape) -> int:
         tid = self.next_id
@@ -95,8 +114,6 @@ def functional_of(model):
 
 
 def _is_functional(model) -> bool:
-    from keras.src.models.functional import Functional
-
     return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
 
 
@@ -123,6 +140,7 @@ def flatten_model(model) -> Graph:
                                       tensor._keras_history[0].name))
     _append_nodes(functional, graph, ids, prefix="")
     graph.outputs = tree.map_structure(lambda t: ids[id(t)], functional._outputs_struct)
+    graph.num_original = graph.next_id
     return graph
 
 
@@ -158,10 +176,40 @@ def _append_nodes(functional, graph, ids, prefix):
                 tid = graph.new_tensor(tensor.shape)
                 ids[id(tensor)] = tid
                 outputs.append(tid)
-            graph.nodes.append(Node(op, args, kwargs, outputs))
+            graph.nodes.append(Node(op, args, kwargs, outputs, scope=prefix))
 
 
 def substitute(structure, values: dict):
     """Replaces every TensorRef leaf of `structure` by `values[ref.id]`."""
     return tree.map_structure(
         lambda leaf: values[leaf.id] if isinstance(leaf, TensorRef) else leaf, structure)
+
+
+def output_of(model, name: str):
+    """The output of layer (or input) `name` of Functional `model` if it is one tensor of one
+    call, else None. Nested names ("outer/inner") are not tensors of `model`: None.
+
+    Example:
+      >>> output_of(float_model, "conv1").shape
+      (None, 26, 26, 8)
+    """
+    for tensor in functional_of(model).inputs:
+        if tensor._keras_history.operation.name == name:
+            return tensor
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        return None
+    own = own_nodes(model)
+    nodes = [node for node in layer._inbound_nodes if id(node) in own]
+    if len(nodes) != 1:
+        return None  # a shared layer: which call is meant is unclear
+    outputs = tree.flatten(nodes[0].output_tensors)
+    return outputs[0] if len(outputs) == 1 else None
+
+
+def own_nodes(model) -> set:
+    """ids of the call nodes that belong to `model` (a layer may also have nodes of other
+    models that call it, such as probes built for calibration)."""
+    functional = functional_of(model)
+    return {id(node) for nodes in functional._nodes_by_depth.values() for node in nodes}

@@ -8,12 +8,16 @@ be int8 in the exported model carries a fake quant.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
 from tfqat.rewrite import rules as rules_lib
 from tfqat.config import QuantConfig
-from tfqat.rewrite.graph import Graph, Node, TensorRef, flatten_model, substitute
 from tfqat.nn.quantizers import ActivationQuantizer
+from tfqat.rewrite import record as record_lib
+from tfqat.rewrite.graph import Graph, Node, TensorRef, flatten_model, substitute
+from tfqat.rewrite.record import QATModel, RecordBuilder
 
 
 class UnsupportedLayerError(ValueError):
@@ -59,8 +63,8 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
         activation = keras.layers.Activation(layer.activation, name=f"{layer.name}_activation")
         (out,) = node.outputs
         hidden = graph.new_tensor(graph.shapes[out])
-        new_nodes.append(Node(linear, node.args, node.kwargs, [hidden], layer.name))
-        new_nodes.append(Node(activation, (TensorRef(hidden),), {}, [out], layer.name))
+        new_nodes.append(Node(linear, node.args, node.kwargs, [hidden], layer.name, node.scope))
+        new_nodes.append(Node(activation, (TensorRef(hidden),), {}, [out], layer.name, node.scope))
     graph.nodes = new_nodes
 
 
@@ -71,7 +75,8 @@ class _Rebuilder:
         self.rules = rules
         self.values = {}  # tensor id -> new KerasTensor
         self.quantized = set()  # tensor ids whose new tensor is fake-quantized
-        self.fq_of = {}  # tensor id -> tensor id of its fake-quantized copy
+        self.record = RecordBuilder()
+        self.concat_fed = []  # (decision index, tensor id): scale set by a concatenation
         self.scale_source = {}  # tensor id -> the ActivationQuantizer that sets its int8 scale
         self.clones = {}  # id(old layer) -> clone, so shared float layers stay shared
         self.used_names = set()
@@ -109,7 +114,16 @@ class _Rebuilder:
                    for tid in self.graph.output_ids()]
         structure = keras.tree.pack_sequence_as(self.graph.outputs, outputs)
         inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
-        return keras.Model(inputs, structure, name=name)
+        for index, tid in self.concat_fed:
+            source = self.scale_source.get(self._concatenation_of(tid))
+            decision = self.record.decisions[index]
+            self.record.decisions[index] = dataclasses.replace(
+                decision, output_quantizer=source.name if source is not None else None)
+        return QATModel(inputs, structure, name=name, quantization_record=self.record.build())
+
+    def _concatenation_of(self, tid):
+        """The output tensor of the (first) concatenation that reads `tid`."""
+        return self.graph.consumers(tid)[0].outputs[0]
 
     # ---- matching ---------------------------------------------------------
     def _match(self, index):
@@ -177,31 +191,50 @@ class _Rebuilder:
         replacement.load_weights()
         (out,) = last.outputs
         self.values[out] = value
+        float_layers = list(dict.fromkeys(node.float_name for node in nodes))
+        qat_layers = [layer.name for layer in replacement.layers]
+        policy, quantizer = self._set_output_scale(out, value, replacement, cfg, first)
+        self.record.add_decision(float_layers, rule.name, qat_layers, policy,
+                                 quantizer.name if quantizer is not None else None)
+        if policy == record_lib.CONCAT:
+            self.concat_fed.append((len(self.record.decisions) - 1, out))
+
+    def _set_output_scale(self, out, value, replacement, cfg, first):
+        """Applies the replacement's output scale policy: (policy, quantizer or None)."""
         output = replacement.output
         source = self.scale_source.get(first.inputs[0]) if len(first.inputs) == 1 else None
         if output.kind == "none":
             self.quantized.add(out)
-            if source is not None:
-                self.scale_source[out] = source
-                if self.consumer_count.get(out, 0) > 1:
-                    # A branching int8 tensor gets its scale explicitly (the same quantizer,
-                    # tied): else the converter leaves a consumer conv float when another
-                    # branch has a fake quant (Inception: max pool -> 1x1 conv, and -> pool).
-                    self.values[out] = source(value, tied=True)
-        elif output.kind == "input" and source is not None:
+            if source is None:
+                return record_lib.SHARED, None
+            self.scale_source[out] = source
+            if self.consumer_count.get(out, 0) > 1:
+                # A branching int8 tensor gets its scale explicitly (the same quantizer,
+                # tied): else the converter leaves a consumer conv float when another
+                # branch has a fake quant (Inception: max pool -> 1x1 conv, and -> pool).
+                self.values[out] = self._tied(source, value)
+            return record_lib.SHARED, source
+        if output.kind == "input" and source is not None:
             # Before the concatenation case: the int8 output of an op that keeps its input's
             # scale is at that scale even when a concatenation alone reads it (the converter
             # then requantizes once to the concatenation's), so it is rounded there.
-            self.values[out] = source(value, tied=True)
+            self.values[out] = self._tied(source, value)
             self.quantized.add(out)
             self.scale_source[out] = source
-        elif self._feeds_only_concatenations(out):
+            return record_lib.TIED, source
+        if self._feeds_only_concatenations(out):
             # TFLite's CONCATENATION gives its inputs its output's scale, so a tensor read only
             # by concatenations is quantized by their output fake quant, not by its own.
             self.quantized.add(out)
-        else:  # "tracked", "fixed", or "input" whose input scale has no known quantizer
-            self._add_quantizer(out, cfg, fixed_range=output.fixed_range,
-                                name=replacement.layers[-1].name)
+            return record_lib.CONCAT, None
+        # "tracked", "fixed", or "input" whose input scale has no known quantizer
+        quantizer = self._add_quantizer(out, cfg, fixed_range=output.fixed_range,
+                                        name=replacement.layers[-1].name)
+        return (record_lib.OWN if output.fixed_range is None else record_lib.FIXED), quantizer
+
+    def _tied(self, quantizer, value):
+        self.record.add_tied_call(quantizer.name)
+        return quantizer(value, tied=True)
 
     def _emit_float(self, node):
         layer = node.layer
@@ -213,6 +246,8 @@ class _Rebuilder:
         outputs = clone(*substitute(node.args, self.values), **substitute(node.kwargs, self.values))
         if fresh and clone is not layer and isinstance(layer, keras.layers.Layer):
             clone.set_weights(layer.get_weights())
+        if fresh:
+            self.record.add_decision([node.float_name], "excluded", [clone.name], record_lib.FLOAT)
         for tid, value in zip(node.outputs, keras.tree.flatten(outputs)):
             self.values[tid] = value
 
@@ -275,11 +310,26 @@ class _Rebuilder:
         self.values[tid] = quantizer(raw)
         self.quantized.add(tid)
         self.scale_source[tid] = quantizer
+        self.record.add_quantizer(quantizer.name, fixed_range is not None, self._float_tensor(tid))
+        return quantizer
+
+    def _float_tensor(self, tid):
+        """The float model's name for tensor `tid`: its layer's (or input's) name, if it has one."""
+        if not self.graph.is_original(tid):
+            return None  # made by the rewrite (a conv's output before a split-off activation)
+        producer = self.graph.producer(tid)
+        if producer is None:
+            return next(spec.name for spec in self.graph.inputs if spec.id == tid)
+        return producer.float_name if len(producer.outputs) == 1 else None
 
     def _quantized_value(self, tid, config_name):
         """The fake-quantized value of tensor `tid`, adding one fake quant if needed."""
         if tid not in self.quantized:
-            self._add_quantizer(tid, self.config.for_layer(config_name), name=config_name)
+            quantizer = self._add_quantizer(tid, self.config.for_layer(config_name),
+                                            name=config_name)
+            if self.graph.producer(tid) is None:  # a model input: its quantizer is its decision
+                self.record.add_decision([config_name], "input", [quantizer.name], record_lib.OWN,
+                                         quantizer.name)
         return self.values[tid]
 
     def _unique(self, name):
