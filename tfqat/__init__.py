@@ -19,6 +19,9 @@ from tfqat.nn.layers import (FusedQuantLayer, QuantBatchNormalization, QuantConv
                           QuantConv2DTranspose, QuantDense, QuantDepthwiseConv2D, QuantRescaling)
 from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
 from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
+from tfqat.rewrite.record import QATModel, QuantizationRecord, record_of
+from tfqat.rewrite.registry import QuantizeSpec, QuantRegistry, QuantWrapper, WeightQuant
+from tfqat.rewrite.rules.base import OutputQuant, Replacement, RewriteRule, Step
 
 __version__ = "0.1.0"
 
@@ -29,4 +32,6 @@ __all__ = [
     "QuantConfig", "QuantConv1D", "QuantConv2D", "QuantConv2DTranspose", "QuantDense",
     "QuantDepthwiseConv2D", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
     "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
+    "OutputQuant", "QATModel", "QuantRegistry", "QuantWrapper", "QuantizationRecord",
+    "QuantizeSpec", "Replacement", "RewriteRule", "Step", "WeightQuant", "record_of",
 ]

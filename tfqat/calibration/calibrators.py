@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfqat.nn.quantizers import bypass_quantizers
-from tfqat.rewrite.record import record_of
+from tfqat.rewrite.record import find_quantizer, record_of
 
 METHODS = ("minmax", "percentile", "entropy")
 NUM_BINS = 8001
@@ -461,15 +461,19 @@ def input_batches(model, data, batch_size=32, num_batches=None, what="calibrate"
 
 # ---- calibrate -----------------------------------------------------------------
 
-def tracked_quantizers(qat_model) -> list:
+def tracked_quantizers(qat_model, inner: bool = True) -> list:
     """The ActivationQuantizers of `qat_model` whose range comes from data (not fixed),
-    as its quantization record lists them.
+    as its quantization record lists them; inner=False leaves out those that a layer
+    calls inside its own `call` (they have no tensor of the model graph).
 
     Example:
       >>> [q.name for q in tracked_quantizers(tfqat.quantize_model(model))][:2]
       ['image_fq', 'conv1_fq']
     """
-    return [qat_model.get_layer(name) for name in record_of(qat_model).tracked_quantizers()]
+    record = record_of(qat_model)
+    entries = [record.quantizer(name) for name in record.tracked_quantizers()]
+    return [find_quantizer(qat_model, entry) for entry in entries
+            if inner or entry.owner is None]
 
 
 def quantizer_input_model(qat_model, quantizers) -> keras.Model:
@@ -534,20 +538,31 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
     if not quantizers:
         raise ValueError(f"Model '{qat_model.name}' has no tracked activation quantizers to "
                          "calibrate; pass the model returned by tfqat.quantize_model(model).")
-    probe = quantizer_input_model(qat_model, quantizers)
     calibrators = [make_calibrator(method, percentile) for _ in quantizers]
     seen = 0
-    with bypass_quantizers(qat_model):
-        for batch in input_batches(qat_model, data, batch_size, num_batches, what="calibrate"):
-            outputs = run_probe(probe, batch)
-            for quantizer, calibrator, value in zip(quantizers, calibrators, outputs):
-                value = np.asarray(value, np.float32)
-                if not np.isfinite(value).all():
-                    raise ValueError(f"calibrate: the input of quantizer '{quantizer.name}' has "
-                                     f"NaN or infinite values on batch {seen}; check the "
-                                     "model's weights and the data.")
-                calibrator.update(value)
-            seen += 1
+
+    def observer(quantizer, calibrator):
+        def observe(inputs):
+            value = np.asarray(inputs, np.float32)
+            if not np.isfinite(value).all():
+                raise ValueError(f"calibrate: the input of quantizer '{quantizer.name}' has "
+                                 f"NaN or infinite values on batch {seen}; check the "
+                                 "model's weights and the data.")
+            calibrator.update(value)
+        return observe
+
+    # Each quantizer sees its float input as the model runs eagerly with every quantizer
+    # passed through; quantizers inside layers (QuantWrapper) are reached the same way.
+    for quantizer, calibrator in zip(quantizers, calibrators):
+        quantizer.observer = observer(quantizer, calibrator)
+    try:
+        with bypass_quantizers(qat_model):
+            for batch in input_batches(qat_model, data, batch_size, num_batches, what="calibrate"):
+                qat_model(batch, training=False)
+                seen += 1
+    finally:
+        for quantizer in quantizers:
+            quantizer.observer = None
     if seen == 0:
         raise ValueError("calibrate: data gave no batches; pass at least one batch of inputs.")
     sparse = [q.name for q, c in zip(quantizers, calibrators)

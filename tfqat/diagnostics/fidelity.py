@@ -32,6 +32,8 @@ import numpy as np
 from tfqat.diagnostics.evaluation import quantize_input
 from tfqat.export.reader import load_interpreter
 from tfqat.nn.quantizers import ActivationQuantizer
+from tfqat.rewrite import graph
+from tfqat.rewrite.record import record_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,24 +86,21 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         raise ValueError(f"op_fidelity needs a model with one input; '{qat_model.name}' has "
                          f"{len(qat_model.inputs)}.")
     x = np.asarray(x, np.float32)
-    # A layer may have nodes of other models (calibration probes): only this model's count.
-    own_nodes = {id(node) for nodes in qat_model._nodes_by_depth.values() for node in nodes}
-    calls = {op.name: sum(id(node) in own_nodes for node in op._inbound_nodes)
-             for op in qat_model.operations}
+    calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
     tensors = _TFLiteTensors(tflite, x, calls)
     diffs, unmatched = [], []
-    for quantizer in qat_model.layers:
-        if not isinstance(quantizer, ActivationQuantizer):
-            continue
+    record = record_of(qat_model)
+    for entry in record.quantizers:
+        if entry.owner is not None:
+            continue  # inside a layer: checked as part of that layer's output
+        quantizer = qat_model.get_layer(entry.name)
         # A quantizer called again (tied: the output of a pool that keeps its input's scale)
         # has one tensor per call.
-        nodes = [node for node in quantizer._inbound_nodes if id(node) in own_nodes]
-        for call, node in enumerate(nodes):
-            output = node.output_tensors[0]
+        for call, (call_input, output) in enumerate(graph.calls_of(qat_model, quantizer)):
             name = quantizer.name if call == 0 else f"{quantizer.name} (call {call + 1})"
-            if _is_model_input(node.input_tensors[0]):
+            if graph.is_model_input(call_input):
                 continue  # the .tflite's input is this tensor: nothing computes it
-            sources = _source_tensors(output, stop=False)
+            sources = graph.source_tensors(output, _is_int8_source, stop=False)
             inputs = [tensors.value_of(source, len(x)) for source in sources]
             expected = tensors.value_of(output, len(x))
             if expected is None or any(value is None for value in inputs):
@@ -109,42 +108,12 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
                 continue
             known = {id(source): value.astype(np.float32) for source, (value, _) in
                      zip(sources, inputs)}
-            actual = np.asarray(_evaluate(output, known))
+            actual = np.asarray(graph.evaluate(output, known))
             reference, scale = expected
             diff = np.abs(actual.astype(np.float64) - reference) / scale
             diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
     diffs.sort(key=lambda d: -d.max_diff_lsb)
     return OpFidelity(tuple(diffs), tuple(unmatched))
-
-
-def _history(tensor):
-    return tensor._keras_history
-
-
-def _input_of(tensor):
-    """The (first) input tensor of the call that produced `tensor`."""
-    operation, node_index, _ = _history(tensor)
-    return operation._inbound_nodes[node_index].input_tensors[0]
-
-
-def _is_model_input(tensor) -> bool:
-    return isinstance(_history(tensor)[0], keras.layers.InputLayer)
-
-
-def _source_tensors(tensor, stop=True) -> list:
-    """The quantizer outputs and model inputs that `tensor` is computed from.
-
-    With stop=False, `tensor` itself is not a source even if a quantizer made it.
-    """
-    operation, node_index, _ = _history(tensor)
-    if stop and isinstance(operation, (ActivationQuantizer, keras.layers.InputLayer)):
-        return [tensor]
-    sources = []
-    for parent in operation._inbound_nodes[node_index].input_tensors:
-        for source in _source_tensors(parent):
-            if not any(source is known for known in sources):
-                sources.append(source)
-    return sources
 
 
 def _scope_owners(tensor_names, calls) -> dict:
@@ -186,27 +155,9 @@ def _scope_owners(tensor_names, calls) -> dict:
     return owners
 
 
-def _evaluate(tensor, known):
-    """The value of a graph tensor, computed from `known` ({id(tensor): value}) in inference mode.
-
-    Walks the model's own nodes; a sub-model (keras.Model(sources, output)) would add nodes
-    to the layers it calls.
-    """
-    if id(tensor) not in known:
-        operation, node_index, _ = _history(tensor)
-        node = operation._inbound_nodes[node_index]
-
-        def resolve(value):
-            return _evaluate(value, known) if isinstance(value, keras.KerasTensor) else value
-
-        args = keras.tree.map_structure(resolve, node.arguments.args)
-        kwargs = {key: keras.tree.map_structure(resolve, value)
-                  for key, value in node.arguments.kwargs.items() if key not in ("training", "mask")}
-        if isinstance(operation, keras.layers.Layer):
-            kwargs["training"] = False
-        for output, value in zip(node.outputs, keras.tree.flatten(operation(*args, **kwargs))):
-            known[id(output)] = value
-    return known[id(tensor)]
+def _is_int8_source(operation) -> bool:
+    """Tensors the .tflite holds as int8: quantizer outputs and model inputs."""
+    return isinstance(operation, (ActivationQuantizer, keras.layers.InputLayer))
 
 
 class _TFLiteTensors:
@@ -239,11 +190,11 @@ class _TFLiteTensors:
 
         None when no int8 tensor of the producing layer's name scope has its size.
         """
-        if _is_model_input(keras_tensor) or _is_model_input(_input_of(keras_tensor)):
+        if graph.is_model_input(keras_tensor) or graph.is_model_input(graph.input_of(keras_tensor)):
             index = self.input_index  # the .tflite's input is the input quantizer's output
         else:
             # A quantizer's tensor is the output of the layer that feeds the quantizer.
-            layer = _history(_input_of(keras_tensor))[0]
+            layer = graph.producer_of(graph.input_of(keras_tensor))
             shape = (batch, *keras_tensor.shape[1:])
             in_scope = self.by_layer.get(layer.name, [])
             # The converter may merge a trailing reshape (Conv1D's squeeze) into the next op's:

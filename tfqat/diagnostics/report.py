@@ -165,7 +165,7 @@ def layer_report(float_model, qat_model, data, batch_size: int = 32,
       >>> print(report)                # one row per quantized tensor
       >>> report.to_csv("layers.csv")
     """
-    quantizers = tracked_quantizers(qat_model)
+    quantizers = tracked_quantizers(qat_model, inner=False)
     if not quantizers:
         raise ValueError(f"Model '{qat_model.name}' has no tracked activation quantizers; pass "
                          "the model returned by tfqat.quantize_model(model).")

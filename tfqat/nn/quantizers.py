@@ -12,6 +12,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tfqat.rewrite.graph import all_layers
+
 # An all-zero weight channel still needs a non-zero range for a valid scale.
 _MIN_WEIGHT_RANGE = 1e-8
 
@@ -120,6 +122,7 @@ class ActivationQuantizer(keras.layers.Layer):
         self.quant_delay = int(quant_delay)
         self.fixed_range = None if fixed_range is None else tuple(float(v) for v in fixed_range)
         self._bypassed = False  # set only by bypass_quantizers()
+        self.observer = None  # set by calibrate: called with each (eager) input
 
     def build(self, input_shape):
         if self.fixed_range is None:
@@ -179,6 +182,8 @@ class ActivationQuantizer(keras.layers.Layer):
         to it (AVERAGE_POOL_2D, RESIZE_BILINEAR). The range is read, not
         tracked, and the training step is not counted again.
         """
+        if self.observer is not None and not tied:
+            self.observer(inputs)
         if self._bypassed:
             return tf.identity(inputs)
         if self.fixed_range is not None:
@@ -237,7 +242,7 @@ def bypass_quantizers(model):
       >>> with bypass_quantizers(qat_model):
       ...     float_like = qat_model(x, training=False)  # weights still fake-quantized
     """
-    switched = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    switched = [layer for layer in all_layers(model)
                 if getattr(layer, "bypassable", False)]
     previous = [layer._bypassed for layer in switched]
     for layer in switched:

@@ -213,3 +213,95 @@ def own_nodes(model) -> set:
     models that call it, such as probes built for calibration)."""
     functional = functional_of(model)
     return {id(node) for nodes in functional._nodes_by_depth.values() for node in nodes}
+
+
+def producer_of(tensor):
+    """The layer (or Keras op) whose call made symbolic `tensor`."""
+    return tensor._keras_history.operation
+
+
+def _call_node(tensor):
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def input_of(tensor):
+    """The (first) input tensor of the call that made symbolic `tensor`."""
+    return _call_node(tensor).input_tensors[0]
+
+
+def is_model_input(tensor) -> bool:
+    return isinstance(producer_of(tensor), keras.layers.InputLayer)
+
+
+def calls_of(model, layer) -> list:
+    """(first input, first output) of each call of `layer` in `model`, in call order."""
+    own = own_nodes(model)
+    return [(node.input_tensors[0] if node.input_tensors else None, node.output_tensors[0])
+            for node in layer._inbound_nodes if id(node) in own]
+
+
+def source_tensors(tensor, is_source, stop=True) -> list:
+    """The tensors `tensor` is computed from whose producer passes `is_source`.
+
+    With stop=False, `tensor` itself is not a source even if its producer passes.
+    """
+    if stop and is_source(producer_of(tensor)):
+        return [tensor]
+    sources = []
+    for parent in _call_node(tensor).input_tensors:
+        for source in source_tensors(parent, is_source):
+            if not any(source is known for known in sources):
+                sources.append(source)
+    return sources
+
+
+def evaluate(tensor, known):
+    """The value of a graph tensor, computed from `known` ({id(tensor): value}) in inference mode.
+
+    Walks the model's own nodes; a sub-model (keras.Model(sources, output)) would add nodes
+    to the layers it calls.
+    """
+    if id(tensor) not in known:
+        operation = producer_of(tensor)
+        node = _call_node(tensor)
+
+        def resolve(value):
+            return evaluate(value, known) if isinstance(value, keras.KerasTensor) else value
+
+        args = tree.map_structure(resolve, node.arguments.args)
+        kwargs = {key: tree.map_structure(resolve, value)
+                  for key, value in node.arguments.kwargs.items() if key not in ("training", "mask")}
+        if isinstance(operation, keras.layers.Layer):
+            kwargs["training"] = False
+        for output, value in zip(node.outputs, tree.flatten(operation(*args, **kwargs))):
+            known[id(output)] = value
+    return known[id(tensor)]
+
+
+def all_layers(model) -> list:
+    """Every layer inside `model`, nested layers and models included (not `model` itself)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def keras_op_name(op) -> str | None:
+    """The class name of a Keras numpy op recorded in a graph (`x + 3.0` is "Add"), else None.
+
+    Example:
+      >>> inp = keras.Input((4,))
+      >>> graph = flatten_model(keras.Model(inp, inp + 3.0))
+      >>> keras_op_name(graph.nodes[0].layer), keras_op_name(keras.layers.Add())
+      ('Add', None)
+    """
+    if isinstance(op, keras.layers.Layer) or type(op).__module__ != "keras.src.ops.numpy":
+        return None
+    return type(op).__name__
+
+
+def copy_lambda(layer):
+    """A new Lambda layer around the same function as `layer` (from_config cannot rebuild a
+    Python lambda, and refuses one in safe mode)."""
+    return keras.layers.Lambda(
+        layer.function, output_shape=layer._output_shape, mask=layer.mask,
+        arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
+        dtype=layer.dtype_policy)

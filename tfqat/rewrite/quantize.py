@@ -16,6 +16,7 @@ from tfqat.rewrite import rules as rules_lib
 from tfqat.config import QuantConfig
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite import record as record_lib
+from tfqat.rewrite import graph as graph_lib
 from tfqat.rewrite.graph import Graph, Node, TensorRef, flatten_model, substitute
 from tfqat.rewrite.record import QATModel, RecordBuilder
 
@@ -24,7 +25,7 @@ class UnsupportedLayerError(ValueError):
     """A layer that no rewrite rule quantizes."""
 
 
-def quantize_model(model, config: QuantConfig | None = None, rules=rules_lib.RULES):
+def quantize_model(model, config: QuantConfig | None = None, registry=None):
     """Returns a new QAT model with the float model's weights; `model` is untouched.
 
     Conv2D/DepthwiseConv2D/Dense [+ BatchNormalization] [+ ReLU/ReLU6] become one
@@ -39,11 +40,15 @@ def quantize_model(model, config: QuantConfig | None = None, rules=rules_lib.RUL
       >>> out = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(x))
       >>> qat = quantize_model(keras.Model(inp, out), QuantConfig(bn_freeze_delay=500))
       >>> qat.compile("adam", "sparse_categorical_crossentropy")  # then qat.fit(...)
+
+    `registry` (a tfqat.QuantRegistry) adds rules for the user's own layers;
+    they are tried before the built-in ones.
     """
     config = config or QuantConfig()
     graph = flatten_model(model)
     config.check_layer_names(graph.layer_names())
     _split_activations(graph, config)
+    rules = registry.rules if registry is not None else rules_lib.RULES
     return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
 
 
@@ -189,6 +194,12 @@ class _Rebuilder:
             layer.name = self._unique(layer.name)
             value = layer(*args, **kwargs) if position == 0 else layer(value)
         replacement.load_weights()
+        for layer in replacement.layers:  # quantizers a builder made (between or inside layers)
+            if isinstance(layer, ActivationQuantizer):
+                self.record.add_quantizer(layer.name, layer.fixed_range is not None, None)
+            for inner in getattr(layer, "inner_quantizers", ()):
+                self.record.add_quantizer(inner.name, inner.fixed_range is not None, None,
+                                          owner=layer.name)
         (out,) = last.outputs
         self.values[out] = value
         float_layers = list(dict.fromkeys(node.float_name for node in nodes))
@@ -260,10 +271,7 @@ class _Rebuilder:
         if type(layer) is keras.layers.Lambda:
             # from_config cannot rebuild a Python lambda (refused in safe mode) or an
             # unregistered function; a new Lambda around the same function is a copy.
-            copy = keras.layers.Lambda(
-                layer.function, output_shape=layer._output_shape, mask=layer.mask,
-                arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
-                dtype=layer.dtype_policy)
+            copy = graph_lib.copy_lambda(layer)
         elif callable(getattr(layer, "save_assets", None)):
             # Reuse, as no copy is possible: a lookup table (StringLookup, IntegerLookup,
             # TextVectorization) keeps its adapted vocabulary in neither config nor weights.

@@ -52,12 +52,15 @@ class QuantizerEntry:
       rewrite changed it, e.g. an activation split off a conv, or a nested layer).
     tied_calls: how many extra times it is applied to round another tensor to
       its scale (the outputs of average pooling and bilinear resizing).
+    owner: None for a layer of the QAT model; else the QAT layer that calls
+      it inside its own `call` (listed in that layer's `inner_quantizers`).
     """
 
     name: str
     fixed: bool
     float_tensor: str | None
     tied_calls: int = 0
+    owner: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +139,8 @@ class RecordBuilder:
         self.decisions.append(Decision(tuple(float_layers), rule, tuple(qat_layers),
                                        scale_policy, output_quantizer))
 
-    def add_quantizer(self, name, fixed, float_tensor):
-        self.quantizers[name] = QuantizerEntry(name, bool(fixed), float_tensor)
+    def add_quantizer(self, name, fixed, float_tensor, owner=None):
+        self.quantizers[name] = QuantizerEntry(name, bool(fixed), float_tensor, owner=owner)
 
     def add_tied_call(self, name):
         entry = self.quantizers[name]
@@ -175,6 +178,16 @@ class QATModel(Functional):
         if self._quantization_record is not None:
             config["quantization_record"] = self._quantization_record.to_config()
         return config
+
+
+def find_quantizer(qat_model, entry: QuantizerEntry):
+    """The ActivationQuantizer layer that record entry `entry` names in `qat_model`."""
+    if entry.owner is None:
+        return qat_model.get_layer(entry.name)
+    for quantizer in qat_model.get_layer(entry.owner).inner_quantizers:
+        if quantizer.name == entry.name:
+            return quantizer
+    raise ValueError(f"Layer '{entry.owner}' has no inner quantizer '{entry.name}'.")
 
 
 def record_of(qat_model) -> QuantizationRecord:

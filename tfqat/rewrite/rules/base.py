@@ -8,6 +8,8 @@ from typing import Callable
 
 import keras
 
+from tfqat.rewrite.graph import keras_op_name  # noqa: F401 (part of the rule API)
+
 
 @dataclasses.dataclass(frozen=True)
 class Step:
@@ -55,20 +57,6 @@ class RewriteRule:
     pattern: tuple  # of Step
     build: Callable  # (match: dict[str, Layer | None], cfg: LayerQuantConfig) -> Replacement
     keeps_layers: bool = False  # the replacement is a copy of the matched Keras layers
-
-
-def keras_op_name(op) -> str | None:
-    """The class name of a Keras numpy op recorded in a graph (`x + 3.0` is "Add"), else None.
-
-    Example:
-      >>> inp = keras.Input((4,))
-      >>> graph = tfqat.rewrite.graph.flatten_model(keras.Model(inp, inp + 3.0))
-      >>> keras_op_name(graph.nodes[0].layer), keras_op_name(keras.layers.Add())
-      ('Add', None)
-    """
-    if isinstance(op, keras.layers.Layer) or type(op).__module__ != "keras.src.ops.numpy":
-        return None
-    return type(op).__name__
 
 
 def clone_layer(layer):
