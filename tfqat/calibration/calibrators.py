@@ -34,8 +34,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from tfqat.inputs import input_batches
 from tfqat.nn.quantizers import bypass_quantizers
 from tfqat.rewrite.record import find_quantizer, record_of
 
@@ -363,100 +363,6 @@ def make_calibrator(method: str, percentile: float = 99.99):
     if method == "entropy":
         return EntropyCalibrator()
     raise ValueError(f"Unknown calibration method {method!r}; use one of {', '.join(METHODS)}.")
-
-
-# ---- data --------------------------------------------------------------------
-
-def _as_input_structure(element, num_inputs):
-    """The model inputs in one data element: drops labels of (x, y[, w]) elements."""
-    if isinstance(element, dict):
-        return element
-    if isinstance(element, (tuple, list)):
-        if num_inputs == 1:
-            return element[0]
-        if len(element) == num_inputs and not isinstance(element[0], (tuple, list, dict)):
-            return list(element)
-        return element[0]
-    return element
-
-
-def check_inputs(model, batch, label, what):
-    """`batch` (one array, or a list/dict of arrays) checked against `model`'s inputs;
-    float arrays come back as float32. `label` and `what` name it in errors.
-
-    Example:
-      >>> x = check_inputs(qat_model, x, "data", "compare_tflite")  # ValueError if misshaped
-    """
-    arrays = list(batch.values()) if isinstance(batch, dict) else (
-        list(batch) if isinstance(batch, (tuple, list)) else [batch])
-    specs = model.inputs
-    if len(arrays) != len(specs):
-        raise ValueError(f"{what}: {label} holds {len(arrays)} input arrays, but model "
-                         f"'{model.name}' has {len(specs)} inputs "
-                         f"({', '.join(t.name for t in specs)}).")
-    checked = []
-    for array, spec in zip(arrays, specs):
-        array = np.asarray(array)
-        expected = tuple(spec.shape[1:])
-        shape_ok = array.ndim == len(expected) + 1 and all(
-            e is None or e == a for e, a in zip(expected, array.shape[1:]))
-        if not shape_ok:
-            shown = ", ".join("?" if e is None else str(e) for e in expected)
-            raise ValueError(
-                f"{what}: {label} has shape {array.shape}, but model '{model.name}' input "
-                f"'{spec.name}' takes (batch, {shown}). Pass inputs shaped like the model's "
-                "input, with the batch axis first.")
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32, copy=False)
-            if not np.isfinite(array).all():
-                raise ValueError(f"{what}: {label} holds NaN or infinite values; "
-                                 "calibration and error statistics need finite inputs.")
-        checked.append(array)
-    if isinstance(batch, dict):
-        return dict(zip(batch.keys(), checked))
-    return checked[0] if len(checked) == 1 else checked
-
-
-def input_batches(model, data, batch_size=32, num_batches=None, what="calibrate"):
-    """Yields the input batches of `data`, checked against `model`'s inputs.
-
-    `data`: a numpy array of inputs (split into `batch_size` rows), or an
-    iterable / tf.data.Dataset of batches, each an input array or an (x, y)
-    pair. At most `num_batches` batches.
-
-    Example:
-      >>> [b.shape for b in input_batches(model, np.zeros((70, 8, 8, 1)), 32)]
-      [(32, 8, 8, 1), (32, 8, 8, 1), (6, 8, 8, 1)]
-    """
-    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"{what}: batch_size={batch_size!r} must be a positive integer.")
-    if num_batches is not None and (not isinstance(num_batches, numbers.Integral)
-                                    or num_batches < 1):
-        raise ValueError(f"{what}: num_batches={num_batches!r} must be None (all data) or a "
-                         "positive integer.")
-    num_inputs = len(model.inputs)
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        array = np.asarray(data)
-        if num_inputs != 1:
-            raise ValueError(f"{what}: model '{model.name}' has {num_inputs} inputs; pass an "
-                             "iterable of batches, each a list with one array per input.")
-        if array.ndim == 0 or len(array) == 0:
-            raise ValueError(f"{what}: data has shape {array.shape}; pass at least one example, "
-                             "with the batch axis first.")
-        elements = (array[start:start + batch_size] for start in range(0, len(array), batch_size))
-    elif isinstance(data, tf.data.Dataset):
-        elements = data.as_numpy_iterator()
-    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, dict)):
-        elements = iter(data)
-    else:
-        raise TypeError(f"{what}: data of type {type(data).__name__} is not supported; pass a "
-                        "numpy array of inputs, or an iterable / tf.data.Dataset of input "
-                        "batches or (x, y) batches.")
-    for index, element in enumerate(elements):
-        if num_batches is not None and index >= num_batches:
-            return
-        yield check_inputs(model, _as_input_structure(element, num_inputs), f"batch {index}",
-                           what)
 
 
 # ---- calibrate -----------------------------------------------------------------

@@ -25,8 +25,8 @@ import math
 import keras
 import numpy as np
 
-from tfqat.calibration.calibrators import (check_inputs, input_batches, quantizer_input_model, run_probe,
-                               tracked_quantizers)
+from tfqat.calibration.calibrators import quantizer_input_model, run_probe, tracked_quantizers
+from tfqat.inputs import check_inputs, input_batches
 from tfqat.diagnostics.evaluation import compare_to_model, run_tflite
 from tfqat.files import atomic_write_bytes
 from tfqat.nn.quantizers import bypass_quantizers
