@@ -334,7 +334,8 @@ def read_metadata(model) -> dict:
     entries = {}
     for i in range(root.MetadataLength()):
         entry = root.Metadata(i)
-        entries[(entry.Name() or b"").decode(errors="replace")] = _buffer_data(root, entry.Buffer(), content)
+        name = (entry.Name() or b"").decode(errors="replace")
+        entries[name] = _buffer_data(root, entry.Buffer(), content)
     return entries
 
 
