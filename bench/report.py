@@ -535,8 +535,8 @@ CAUSES = {"pre_freeze": _pre_freeze_miss, "post_freeze": _post_freeze_miss,
 
 
 _PRE_FREEZE_FIX = (
-    "The cause is the design, not waste: DESIGN.md keeps the exact gradient through the batch "
-    "statistics, so every folded layer runs and back-propagates two convolutions before the "
+    "The cause is the design, not waste: docs/design.md keeps the exact gradient through the "
+    "batch statistics, so every folded layer runs and back-propagates two convolutions before the "
     "freeze (the float kernel for the batch statistics, the fake-quantized folded kernel for "
     "the output). TFMOT does not fold BatchNorm during training (it fake-quantizes the "
     "unfolded kernel, keeps BatchNorm separate and leaves the folding to the converter), which "

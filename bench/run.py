@@ -361,14 +361,13 @@ def tflite_latency(models, threads, config, delegates=True):
     exposed to other processes. Returns {"times": {label: [s]}, "ratios": {label:
     stats vs "float"}}.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tfqat.export.reader import load_interpreter
 
-    kwargs = {} if delegates else dict(
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     rng = np.random.default_rng(0)
     steps = {}
     for label, content in models.items():
-        interpreter = Interpreter(model_content=content, num_threads=threads, **kwargs)
+        interpreter = load_interpreter(content, kernels="xnnpack" if delegates else "builtin",
+                                       num_threads=threads)
         interpreter.allocate_tensors()
         detail = interpreter.get_input_details()[0]
         if np.dtype(detail["dtype"]) == np.int8:
@@ -390,23 +389,16 @@ def size_breakdown(flatbuffer):
     """Bytes of a .tflite by kind, read from its flatbuffer: weights (buffers of
     tensors of rank >= 2), biases (rank 1), quantization parameters (a float32
     scale and an int64 zero point each) and the rest (graph structure, names)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    from tfqat.export.reader import stored_tensors
 
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
     sizes = dict.fromkeys(("weights", "biases", "quantization parameters"), 0)
     counted = set()
-    for g in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(g)
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            quantization = tensor.Quantization()
-            if quantization is not None:
-                sizes["quantization parameters"] += (4 * quantization.ScaleLength() +
-                                                     8 * quantization.ZeroPointLength())
-            if tensor.Buffer() and tensor.Buffer() not in counted:
-                counted.add(tensor.Buffer())
-                kind = "weights" if tensor.ShapeLength() >= 2 else "biases"
-                sizes[kind] += model.Buffers(tensor.Buffer()).DataLength()
+    for tensor in stored_tensors(flatbuffer):
+        sizes["quantization parameters"] += 4 * tensor.num_scales + 8 * tensor.num_zero_points
+        if tensor.buffer and tensor.buffer not in counted:
+            counted.add(tensor.buffer)
+            kind = "weights" if tensor.rank >= 2 else "biases"
+            sizes[kind] += tensor.data_bytes
     sizes["rest"] = len(flatbuffer) - sum(sizes.values())
     return sizes
 

@@ -53,7 +53,7 @@ def test_every_test_helper_is_in_test_support():
 def test_every_listed_file_exists_and_names_are_unique():
     targets = _targets()
     for kind, target in targets:
-        for src in target["srcs"]:
+        for src in [*target["srcs"], *target.get("data", [])]:
             assert (ROOT / src).is_file(), f"BUILD {kind} '{target['name']}' lists missing {src}"
     names = [t["name"] for _, t in targets]
     assert len(names) == len(set(names))

@@ -7,9 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfqat.export.reader import load_interpreter
-
-QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
+from tfqat.export.reader import TensorInfo, dequantize, quantize, read_tflite
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -27,27 +25,20 @@ class TFLiteOutputs:
     zero_point: int
 
 
-def _quantization(detail):
-    scale, zero_point = detail["quantization"]
-    if np.dtype(detail["dtype"]).type in QUANTIZED_DTYPES and scale:
-        return float(scale), int(zero_point)
-    return None
-
-
-def quantize_input(x, detail) -> np.ndarray:
-    """`x` (float) in the dtype of the input tensor described by `detail`.
+def quantize_input(x, tensor) -> np.ndarray:
+    """`x` (float) in the dtype of an input tensor: a reader TensorInfo or an interpreter detail.
 
     Rounds half up, as the QAT model's input FakeQuant does, so the .tflite sees
     the same integers that the QAT model saw as fake-quantized floats.
+
+    Example:
+      >>> model = tfqat.export.reader.read_tflite(flatbuffer)
+      >>> quantize_input(x_test[:1], model.inputs[0]).dtype
+      dtype('int8')
     """
-    dtype = np.dtype(detail["dtype"])
-    params = _quantization(detail)
-    if params is None:
-        return np.asarray(x, dtype=dtype)
-    scale, zero_point = params
-    info = np.iinfo(dtype)
-    q = np.floor(np.asarray(x, dtype=np.float64) / scale + 0.5) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
+    if not isinstance(tensor, TensorInfo):
+        tensor = TensorInfo.from_detail(tensor)
+    return quantize(x, tensor)
 
 
 def run_tflite(model, x, batch_size: int = 256, progress: bool = False) -> TFLiteOutputs:
@@ -64,17 +55,18 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False) -> TFLit
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    interpreter = load_interpreter(model)
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    model = read_tflite(model)
+    inputs, outputs = model.inputs, model.outputs
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"run_tflite runs models with one input and one output; this one has "
                          f"{len(inputs)} inputs and {len(outputs)} outputs.")
     x = np.asarray(x)
-    expected = tuple(int(d) for d in inputs[0]["shape"][1:])
+    expected = inputs[0].shape[1:]
     if x.ndim == 0 or len(x) == 0 or tuple(x.shape[1:]) != expected:
         raise ValueError(f"x has shape {x.shape}; the model takes (N, "
                          f"{', '.join(map(str, expected))}) with N >= 1.")
-    in_index, out_index = inputs[0]["index"], outputs[0]["index"]
+    interpreter = model.interpreter()
+    in_index, out_index = inputs[0].index, outputs[0].index
     batches, current = [], None
     progress_bar = keras.utils.Progbar(len(x), unit_name="example") if progress else None
     for start in range(0, len(x), batch_size):
@@ -89,12 +81,10 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False) -> TFLit
             progress_bar.add(len(batch))
         batches.append(interpreter.get_tensor(out_index))
     raw = np.concatenate(batches)
-    params = _quantization(outputs[0])
-    if params is None:
+    out = outputs[0]
+    if not out.is_quantized:
         return TFLiteOutputs(raw, raw.astype(np.float32), 1.0, 0)
-    scale, zero_point = params
-    dequantized = ((raw.astype(np.float32) - zero_point) * scale).astype(np.float32)
-    return TFLiteOutputs(raw, dequantized, scale, zero_point)
+    return TFLiteOutputs(raw, dequantize(raw, out, np.float32), out.scale, out.zero_point)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,7 @@ import re
 import keras
 import numpy as np
 
-from tfqat.diagnostics.evaluation import quantize_input
-from tfqat.export.reader import load_interpreter
+from tfqat.export.reader import quantize, read_dequantized, read_tflite, tensor_details
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite import graph
 from tfqat.rewrite.record import record_of
@@ -164,26 +163,25 @@ class _TFLiteTensors:
     """The .tflite run once on `x`, with every intermediate tensor kept."""
 
     def __init__(self, tflite, x, calls):
-        self.interpreter = load_interpreter(tflite, preserve_all_tensors=True)
-        detail = self.interpreter.get_input_details()[0]
-        self.interpreter.resize_tensor_input(detail["index"], x.shape)
+        model = read_tflite(tflite)
+        self.interpreter = model.interpreter(preserve_all_tensors=True)
+        source = model.inputs[0]
+        self.interpreter.resize_tensor_input(source.index, x.shape)
         self.interpreter.allocate_tensors()
-        self.interpreter.set_tensor(detail["index"], quantize_input(x, detail))
+        self.interpreter.set_tensor(source.index, quantize(x, source))
         self.interpreter.invoke()
-        self.input_index = detail["index"]
-        self.details = [d for d in self.interpreter.get_tensor_details() if d["dtype"] == np.int8]
-        owners = _scope_owners([d["name"] for d in self.interpreter.get_tensor_details()], calls)
+        self.input_index = source.index
+        tensors = tensor_details(self.interpreter)  # shapes for this batch
+        self.int8 = {t.index: t for t in tensors.values() if t.dtype == "int8"}
+        owners = _scope_owners([t.name for t in tensors.values()], calls)
         self.by_layer = {}  # layer name -> int8 tensors named first in its scope
-        for d in self.details:
-            parts = d["name"].split(";")[0].split("/")[:-1]
+        for t in self.int8.values():
+            parts = t.name.split(";")[0].split("/")[:-1]
             layers = {owners[part] for part in parts if part in owners}
             if len(layers) == 1:
-                self.by_layer.setdefault(layers.pop(), []).append(d)
-        self.quantization = {d["index"]: d["quantization"] for d in self.details}
-        self.producer = {}  # tensor index -> (index, name) of the op that writes it
-        for op in self.interpreter._get_ops_details():
-            for index in op["outputs"]:
-                self.producer[index] = (op["index"], op["op_name"])
+                self.by_layer.setdefault(layers.pop(), []).append(t)
+        # tensor index -> (index, name) of the op that writes it
+        self.producer = {index: (op.index, op.name) for index, op in model.producers.items()}
 
     def value_of(self, keras_tensor, batch):
         """(dequantized value, scale) of the .tflite tensor for a quantizer output or input.
@@ -199,8 +197,8 @@ class _TFLiteTensors:
             in_scope = self.by_layer.get(layer.name, [])
             # The converter may merge a trailing reshape (Conv1D's squeeze) into the next op's:
             # then the layer's tensor exists only in its op layout, with the same values.
-            found = ([d["index"] for d in in_scope if tuple(d["shape"]) == shape] or
-                     [d["index"] for d in in_scope if np.prod(d["shape"]) == np.prod(shape)])
+            found = ([t.index for t in in_scope if t.shape == shape] or
+                     [t.index for t in in_scope if np.prod(t.shape) == np.prod(shape)])
             # A QUANTIZE in the layer's scope is a copy the converter requantized for one
             # consumer (a CONCATENATION's shared scale), not the layer's own tensor.
             found = [i for i in found if self.producer.get(i, (0, ""))[1] != "QUANTIZE"] or found
@@ -208,8 +206,8 @@ class _TFLiteTensors:
                 return None
             # Several ops of one layer (a decomposed activation): its last op writes the output.
             index = max(found, key=lambda i: self.producer.get(i, (-1, ""))[0])
-        if index not in self.quantization:  # a float input: nothing to compare in LSBs
+        if index not in self.int8:  # a float input: nothing to compare in LSBs
             return None
-        scale, zero_point = self.quantization[index]
-        value = (self.interpreter.get_tensor(index).astype(np.float64) - zero_point) * scale
-        return value.reshape((batch, *keras_tensor.shape[1:])), scale
+        tensor = self.int8[index]
+        value = read_dequantized(self.interpreter, tensor)
+        return value.reshape((batch, *keras_tensor.shape[1:])), tensor.scale

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import tensorflow as tf
-from tensorflow.lite.python import schema_py_generated as schema_fb
-from tensorflow.lite.tools import flatbuffer_utils
 
 from tfqat.nn.activations import QuantActivation
 from tfqat.config import EXPORT_MAX_BITS
 from tfqat.files import atomic_write_bytes
-from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, inspect_tflite
+from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, add_metadata, inspect_tflite
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.record import record_of
@@ -113,15 +110,7 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
 
 def _mark_float_ops_allowed(flatbuffer: bytes) -> bytes:
     """The same model with a metadata entry saying that float ops are kept on purpose."""
-    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
-    buffer = schema_fb.BufferT()
-    buffer.data = np.frombuffer(b"allow_float_ops=True", np.uint8)
-    model.buffers.append(buffer)
-    entry = schema_fb.MetadataT()
-    entry.name = FLOAT_OPS_ALLOWED_METADATA
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
-    return flatbuffer_utils.convert_object_to_bytearray(model)
+    return add_metadata(flatbuffer, FLOAT_OPS_ALLOWED_METADATA, b"allow_float_ops=True")
 
 
 def _not_integer_only(model, report) -> NotIntegerOnlyError:

@@ -4,7 +4,7 @@ affine (Rescaling/Normalization), each with fake-quantized weights, an optional
 folded BatchNormalization and an optional fused ReLU/ReLU6.
 
 BatchNorm folding follows Jacob et al. 2018 and Krishnamoorthi 2018 §3.2.2
-(see ../shared/DESIGN.md):
+(see docs/design.md):
 
     sigma_mv = sqrt(moving_variance + eps)
     before the freeze (training):
