@@ -84,3 +84,41 @@ def test_keras_auto_named_layers_of_one_shape_are_told_apart():
             layer.bias.assign(saved)
         assert [d.quantizer for d in result.diffs if d.max_diff_lsb > 1.0 + 1e-3] == [
             f"{conv.name}_fq"], str(result)
+
+
+def _calibrated_export(model, x):
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, x)
+    return qat, tfqat.export_tflite(qat)
+
+
+def test_a_tensor_fused_away_by_the_converter_is_no_false_alarm():
+    """Issue 14 kind 8: the converter fuses a ReLU after swish into its MUL, so the swish's
+    int8 tensor does not exist; it was compared with the MUL's (561 LSB reported)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = keras.layers.Activation("swish", name="swish")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)))
+    x_data = random_images(32, shape=(8, 8, 3))
+    qat, flatbuffer = _calibrated_export(model, x_data)
+    result = op_fidelity(qat, flatbuffer, x_data[:8])
+    assert not result.unmatched and result.max_diff_lsb <= 1.0 + 1e-3, str(result)
+    assert "swish_fq" in result.fused and "relu_fq" in {d.quantizer for d in result.diffs}
+
+
+def test_an_auto_named_add_is_not_confused_with_tf_op_names():
+    """Issue 14 kind 8: layer "add" was matched to TF ops named .../add/ReadVariableOp."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    b = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    x = keras.layers.Add()([a, b])
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    x_data = random_images(32, shape=(8, 8, 3))
+    qat, flatbuffer = _calibrated_export(model, x_data)
+    result = op_fidelity(qat, flatbuffer, x_data[:8])
+    assert not result.unmatched and not result.fused, str(result)
+    assert result.num_checked == 5 and result.max_diff_lsb <= 1.0 + 1e-3, str(result)

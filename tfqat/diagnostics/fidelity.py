@@ -12,13 +12,18 @@ on the .tflite's own int8 tensors (dequantized), and compares the result with
 the .tflite's tensor, in that tensor's LSBs. An exact simulation is within
 1 LSB everywhere (float rounding ties).
 
-The .tflite tensor of a quantizer is found by name: TFLite names an op's
-output after the TF ops it fused, which carry the Keras layer's name scope
-(`model/conv1_1/Relu6;...`). The scope is the layer's name, made unique in the
-traced graph by a suffix, so a scope can look like several layers' (`conv2d_1`
-is layer conv2d's scope or layer conv2d_1's): see `_scope_owners`. Quantizers
-whose tensors cannot be found that way are listed in `unmatched`, not
-compared.
+The .tflite tensor of a quantizer is found by its quantization: the int8
+tensor with the quantizer's scale and zero point and its number of values.
+Where several tensors qualify (two sigmoids, both at scale 1/256), the one in
+the layer's name scope is taken (TFLite names an op's output after the TF ops
+it fused, `model/conv1_1/Relu6;...`; see `_scope_owners`); if they still
+differ in value, the quantizer is `unmatched`, never compared with the wrong
+tensor. A quantizer whose tensor no longer exists because the converter fused
+its op into the next one (a ReLU into the MUL of a swish, a MUL by a positive
+constant into the conv before it) is listed in `fused`; the next quantizer is
+then computed from the tensors before it. A quantizer with no
+tensor that no compared tensor is computed through (a model output, or a
+.tflite whose scales differ from the QAT model's) is `unmatched`.
 """
 
 from __future__ import annotations
@@ -26,11 +31,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import keras
 import numpy as np
 
 from tfqat.export.reader import quantize, read_dequantized, read_tflite, tensor_details
-from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite import graph
 from tfqat.rewrite.record import record_of
 
@@ -49,7 +52,8 @@ class OpFidelity:
     """What `op_fidelity` returns: one OpDiff per compared quantizer, worst first."""
 
     diffs: tuple
-    unmatched: tuple  # quantizer names whose .tflite tensors were not found
+    unmatched: tuple  # quantizer names whose .tflite tensors could not be told apart
+    fused: tuple = ()  # quantizer names whose tensors the converter fused into the next op
 
     @property
     def max_diff_lsb(self) -> float:
@@ -67,6 +71,8 @@ class OpFidelity:
                   for d in self.diffs[:5]]
         if self.unmatched:
             lines.append(f"  not found in the .tflite: {', '.join(self.unmatched)}")
+        if self.fused:
+            lines.append(f"  fused into the next op by the converter: {', '.join(self.fused)}")
         return "\n".join(lines)
 
 
@@ -87,9 +93,8 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     x = np.asarray(x, np.float32)
     calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
     tensors = _TFLiteTensors(tflite, x, calls)
-    diffs, unmatched = [], []
-    record = record_of(qat_model)
-    for entry in record.quantizers:
+    quantizer_calls = []  # (name, quantizer, call input, call output)
+    for entry in record_of(qat_model).quantizers:
         if entry.owner is not None:
             continue  # inside a layer: checked as part of that layer's output
         quantizer = qat_model.get_layer(entry.name)
@@ -97,22 +102,42 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         # has one tensor per call.
         for call, (call_input, output) in enumerate(graph.calls_of(qat_model, quantizer)):
             name = quantizer.name if call == 0 else f"{quantizer.name} (call {call + 1})"
-            if graph.is_model_input(call_input):
-                continue  # the .tflite's input is this tensor: nothing computes it
-            sources = graph.source_tensors(output, _is_int8_source, stop=False)
-            inputs = [tensors.value_of(source, len(x)) for source in sources]
-            expected = tensors.value_of(output, len(x))
-            if expected is None or any(value is None for value in inputs):
-                unmatched.append(name)
-                continue
-            known = {id(source): value.astype(np.float32) for source, (value, _) in
-                     zip(sources, inputs)}
-            actual = np.asarray(graph.evaluate(output, known))
-            reference, scale = expected
-            diff = np.abs(actual.astype(np.float64) - reference) / scale
-            diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
+            quantizer_calls.append((name, quantizer, call_input, output))
+    located = tensors.locate(quantizer_calls, len(x))  # id(output) -> index | None | AMBIGUOUS
+
+    def is_source(tensor):
+        if graph.is_model_input(tensor):
+            return True
+        found = located.get(id(tensor))
+        return found is not None and found != AMBIGUOUS
+
+    covered = set()  # ids of fused-away quantizer outputs that a located tensor is computed through
+    for _, _, _, output in quantizer_calls:
+        if located[id(output)] not in (None, AMBIGUOUS):
+            _mark_passed(output, located, covered)
+
+    diffs, unmatched, fused = [], [], []
+    for name, quantizer, call_input, output in quantizer_calls:
+        if graph.is_model_input(call_input):
+            continue  # the .tflite's input is this tensor: nothing computes it
+        index = located[id(output)]
+        if index is None:
+            # Fused into the next op only if a compared tensor downstream is computed through
+            # it; else (a model output, or a .tflite quantized differently) it is missing.
+            (fused if id(output) in covered else unmatched).append(name)
+            continue
+        sources = graph.source_tensors(output, is_source, stop=False)
+        if index == AMBIGUOUS or any(located.get(id(t)) == AMBIGUOUS for t in sources):
+            unmatched.append(name)
+            continue
+        known = {id(t): tensors.value(located.get(id(t), tensors.input_index), t, len(x))[0]
+                 for t in sources}
+        actual = np.asarray(graph.evaluate(output, known))
+        reference, scale = tensors.value(index, output, len(x))
+        diff = np.abs(actual.astype(np.float64) - reference) / scale
+        diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
     diffs.sort(key=lambda d: -d.max_diff_lsb)
-    return OpFidelity(tuple(diffs), tuple(unmatched))
+    return OpFidelity(tuple(diffs), tuple(unmatched), tuple(fused))
 
 
 def _scope_owners(tensor_names, calls) -> dict:
@@ -154,9 +179,25 @@ def _scope_owners(tensor_names, calls) -> dict:
     return owners
 
 
-def _is_int8_source(operation) -> bool:
-    """Tensors the .tflite holds as int8: quantizer outputs and model inputs."""
-    return isinstance(operation, (ActivationQuantizer, keras.layers.InputLayer))
+def _mark_passed(tensor, located, covered):
+    """Adds to `covered` the unlocated quantizer outputs between `tensor` and its sources."""
+    for parent in graph.parents_of(tensor):
+        if id(parent) in located and located[id(parent)] is not None:
+            continue  # a located tensor: a source
+        if id(parent) in located:
+            covered.add(id(parent))
+        _mark_passed(parent, located, covered)
+
+
+AMBIGUOUS = -1  # several .tflite tensors could be the quantizer's, with different values
+
+
+def _tflite_quantization(lo, hi, bits):
+    """(scale, int8 zero point) that TF's fake quant with range [lo, hi] gives the tensor."""
+    levels = 2 ** bits - 1
+    scale = (hi - lo) / levels
+    zero_point = round(min(max(-lo / scale, 0.0), levels))
+    return scale, zero_point - 2 ** (bits - 1)
 
 
 class _TFLiteTensors:
@@ -183,31 +224,50 @@ class _TFLiteTensors:
         # tensor index -> (index, name) of the op that writes it
         self.producer = {index: (op.index, op.name) for index, op in model.producers.items()}
 
-    def value_of(self, keras_tensor, batch):
-        """(dequantized value, scale) of the .tflite tensor for a quantizer output or input.
+    def locate(self, quantizer_calls, batch) -> dict:
+        """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}."""
+        by_quantization = {}
+        for name, quantizer, call_input, output in quantizer_calls:
+            if graph.is_model_input(call_input):
+                by_quantization[id(output)] = [self.input_index]
+                continue
+            scale, zero_point = _tflite_quantization(*quantizer.current_range(), quantizer.bits)
+            size = batch * int(np.prod(output.shape[1:]))
+            by_quantization[id(output)] = [
+                t.index for t in self.int8.values()
+                if int(np.prod(t.shape)) == size and abs(t.zero_point - zero_point) <= 1
+                and np.isclose(t.scale, scale, rtol=1e-5, atol=0.0)]
+        located = {}
+        for name, quantizer, call_input, output in quantizer_calls:
+            located[id(output)] = self._pick(by_quantization[id(output)], output, batch)
+        return located
 
-        None when no int8 tensor of the producing layer's name scope has its size.
-        """
-        if graph.is_model_input(keras_tensor) or graph.is_model_input(graph.input_of(keras_tensor)):
-            index = self.input_index  # the .tflite's input is the input quantizer's output
-        else:
-            # A quantizer's tensor is the output of the layer that feeds the quantizer.
-            layer = graph.producer_of(graph.input_of(keras_tensor))
-            shape = (batch, *keras_tensor.shape[1:])
-            in_scope = self.by_layer.get(layer.name, [])
-            # The converter may merge a trailing reshape (Conv1D's squeeze) into the next op's:
-            # then the layer's tensor exists only in its op layout, with the same values.
-            found = ([t.index for t in in_scope if t.shape == shape] or
-                     [t.index for t in in_scope if np.prod(t.shape) == np.prod(shape)])
-            # A QUANTIZE in the layer's scope is a copy the converter requantized for one
-            # consumer (a CONCATENATION's shared scale), not the layer's own tensor.
-            found = [i for i in found if self.producer.get(i, (0, ""))[1] != "QUANTIZE"] or found
-            if not found:
-                return None
-            # Several ops of one layer (a decomposed activation): its last op writes the output.
-            index = max(found, key=lambda i: self.producer.get(i, (-1, ""))[0])
-        if index not in self.int8:  # a float input: nothing to compare in LSBs
+    def _in_scope(self, keras_tensor, batch):
+        """int8 tensors of the name scope of the layer that feeds the quantizer."""
+        layer = graph.producer_of(graph.input_of(keras_tensor))
+        shape = (batch, *keras_tensor.shape[1:])
+        in_scope = self.by_layer.get(layer.name, [])
+        # The converter may merge a trailing reshape (Conv1D's squeeze) into the next op's:
+        # then the layer's tensor exists only in its op layout, with the same values.
+        return ([t.index for t in in_scope if t.shape == shape] or
+                [t.index for t in in_scope if np.prod(t.shape) == np.prod(shape)])
+
+    def _pick(self, found, keras_tensor, batch):
+        if not found:
             return None
+        if len(found) > 1:
+            in_scope = set(self._in_scope(keras_tensor, batch))
+            found = [i for i in found if i in in_scope] or found
+            # A QUANTIZE is a copy the converter requantized for one consumer, not the tensor.
+            found = [i for i in found if self.producer.get(i, (0, ""))[1] != "QUANTIZE"] or found
+        values = [read_dequantized(self.interpreter, self.int8[i]).reshape(-1) for i in found]
+        if any(not np.array_equal(values[0], v) for v in values[1:]):
+            return AMBIGUOUS
+        # Several ops of one layer (a decomposed activation): its last op writes the output.
+        return max(found, key=lambda i: self.producer.get(i, (-1, ""))[0])
+
+    def value(self, index, keras_tensor, batch):
+        """(dequantized value, scale) of .tflite tensor `index`, shaped like `keras_tensor`."""
         tensor = self.int8[index]
         value = read_dequantized(self.interpreter, tensor)
-        return value.reshape((batch, *keras_tensor.shape[1:])), tensor.scale
+        return value.reshape((batch, *keras_tensor.shape[1:])).astype(np.float32), tensor.scale

@@ -230,6 +230,13 @@ def input_of(tensor):
     return _call_node(tensor).input_tensors[0]
 
 
+def parents_of(tensor) -> list:
+    """The input tensors of the call that made symbolic `tensor` (none for a model input)."""
+    if is_model_input(tensor):
+        return []
+    return list(_call_node(tensor).input_tensors)
+
+
 def is_model_input(tensor) -> bool:
     return isinstance(producer_of(tensor), keras.layers.InputLayer)
 
@@ -242,14 +249,14 @@ def calls_of(model, layer) -> list:
 
 
 def source_tensors(tensor, is_source, stop=True) -> list:
-    """The tensors `tensor` is computed from whose producer passes `is_source`.
+    """The nearest tensors that `tensor` is computed from and that pass `is_source`.
 
-    With stop=False, `tensor` itself is not a source even if its producer passes.
+    With stop=False, `tensor` itself is not a source even if it passes.
     """
-    if stop and is_source(producer_of(tensor)):
+    if stop and is_source(tensor):
         return [tensor]
     sources = []
-    for parent in _call_node(tensor).input_tensors:
+    for parent in parents_of(tensor):
         for source in source_tensors(parent, is_source):
             if not any(source is known for known in sources):
                 sources.append(source)
