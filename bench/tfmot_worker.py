@@ -7,7 +7,8 @@ and reads back a result (.json, predictions in .npz, .tflite files):
 
   TF_USE_LEGACY_KERAS=1 python bench/tfmot_worker.py JOB.json RESULT.json
 
-Tasks: "probe" (versions), "step_time" (B1), "accuracy" (B2/B3), "tool_times" (B5).
+Tasks: "probe" (versions), "step_time" (B1), "accuracy" (B2/B3), "tool_times" (B5),
+"layers" (bench/layer_coverage.py).
 """
 
 import contextlib
@@ -132,7 +133,37 @@ def tool_times(job):
     return {"models": results, "versions": _versions()}
 
 
-TASKS = {"probe": probe, "step_time": step_time, "accuracy": accuracy, "tool_times": tool_times}
+def layers(job):
+    """Layer coverage: TFMOT's quantize_model on each probe of bench/layer_probes.py."""
+    import layer_probes
+
+    _, tf_keras, tfmot = _imports()
+    results = {}
+    for name in job["names"]:
+        if name in layer_probes.NOT_PROBED:
+            results[name] = "not probed"
+            continue
+        try:
+            model, _, _ = layer_probes.build(tf_keras, name)
+        except layer_probes.NotInThisKeras:
+            results[name] = "not in Keras 2"
+            continue
+        except Exception as err:  # tf_keras builds the probe differently
+            results[name] = f"probe does not build in tf_keras ({type(err).__name__})"
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                tfmot.quantization.keras.quantize_model(model)
+            results[name] = "accepted"
+        except Exception as err:  # TFMOT raises RuntimeError, ValueError, TypeError...
+            text = " ".join(str(err).split())
+            results[name] = ("refused: not supported" if "is not supported" in text else
+                             f"fails: {type(err).__name__} in quantize_model")
+    return results
+
+
+TASKS = {"probe": probe, "step_time": step_time, "accuracy": accuracy, "tool_times": tool_times,
+         "layers": layers}
 
 
 def main(argv):

@@ -65,3 +65,35 @@ def test_calibrate_and_layer_report_take_multi_input_data(arrays, form):
     report = tfqat.layer_report(model, qat, data)
     assert report.row("a_fq").reference == "float:a"
     assert report.row("cat_fq").sqnr_db > 20
+
+
+def _two_in_two_out():
+    a = keras.Input((6,), name="a")
+    b = keras.Input((5,), name="b")
+    x = keras.layers.Concatenate(name="cat")([keras.layers.Dense(4, name="da")(a),
+                                             keras.layers.Dense(4, name="db")(b)])
+    first = keras.layers.Dense(3, name="first")(x)
+    second = keras.layers.Dense(2, name="second")(x)
+    return keras.Model([a, b], [second, first])  # the converter writes 'first' first
+
+
+def test_runner_fidelity_and_compare_take_several_inputs_and_outputs():
+    rng = np.random.default_rng(0)
+    xa = rng.normal(size=(32, 6)).astype("float32")
+    xb = rng.normal(size=(32, 5)).astype("float32")
+    qat = tfqat.quantize_model(_two_in_two_out())
+    tfqat.calibrate(qat, {"a": xa, "b": xb})
+    flatbuffer = tfqat.export_tflite(qat)
+    from tfqat.diagnostics.evaluation import run_tflite
+
+    outputs = run_tflite(flatbuffer, {"b": xb, "a": xa})
+    assert [o.dequantized.shape for o in outputs] == [(32, 2), (32, 3)]  # Keras order
+    keras_out = qat.predict([xa, xb], verbose=0)
+    for lite, expected in zip(outputs, keras_out):
+        assert np.abs(lite.dequantized - expected).max() <= 2.0 * lite.scale + 1e-6
+    fidelity = tfqat.op_fidelity(qat, flatbuffer, [xa[:8], xb[:8]])
+    assert not fidelity.unmatched and fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
+    assert {"cat_fq", "first_fq", "second_fq"} <= {d.quantizer for d in fidelity.diffs}
+    diff = tfqat.compare_tflite(qat, flatbuffer, (xa, xb), labels=[np.zeros(32), np.zeros(32)])
+    assert len(diff.summary) == 2 and diff.summary[0].num_examples == 32
+    assert "output 1:" in str(diff)

@@ -41,11 +41,43 @@ def quantize_input(x, tensor) -> np.ndarray:
     return quantize(x, tensor)
 
 
-def run_tflite(model, x, batch_size: int = 256, progress: bool = False) -> TFLiteOutputs:
-    """Runs a single-input, single-output .tflite (bytes or path) on float inputs `x`.
+def _input_arrays(model, x) -> list:
+    """`x` as one array per .tflite input, in `model.inputs` order (Keras's)."""
+    names = model.input_names
+    if isinstance(x, dict):
+        if sorted(x) != sorted(names):
+            raise ValueError(f"x has keys {sorted(x)}, but the .tflite's inputs are {names}; key "
+                             "the arrays by input name.")
+        arrays = [x[name] for name in names]
+    elif isinstance(x, (list, tuple)) and len(names) > 1:
+        arrays = list(x)
+    else:
+        arrays = [x]
+    if len(arrays) != len(model.inputs):
+        raise ValueError(f"x holds {len(arrays)} input arrays; the .tflite has "
+                         f"{len(model.inputs)} inputs ({', '.join(names)}).")
+    arrays = [np.asarray(a) for a in arrays]
+    for array, tensor, name in zip(arrays, model.inputs, names):
+        expected = tensor.shape[1:]
+        if array.ndim == 0 or len(array) == 0 or tuple(array.shape[1:]) != expected:
+            raise ValueError(f"x{'' if len(arrays) == 1 else f' ({name})'} has shape "
+                             f"{array.shape}; the model takes (N, "
+                             f"{', '.join(map(str, expected))}) with N >= 1.")
+    if len({len(a) for a in arrays}) > 1:
+        raise ValueError("x has input arrays of different lengths; give every input the same "
+                         "number of examples.")
+    return arrays
 
-    An int8 input is fed `x` quantized with the input tensor's scale and zero
-    point; the input tensor is resized to run `batch_size` examples at a time.
+
+def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
+    """Runs a .tflite (bytes or path) on float inputs `x`.
+
+    `x`: an array for a one-input model; else a list (Keras input order) or a
+    dict keyed by input name. An int8 input is fed `x` quantized with the
+    input tensor's scale and zero point; the inputs are resized to run
+    `batch_size` examples at a time. Returns TFLiteOutputs, or for a model
+    with several outputs a list of them in the Keras model's output order (the
+    converter reorders outputs in the file; its signature keeps Keras's order).
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat_model)
@@ -56,35 +88,33 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False) -> TFLit
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     model = read_tflite(model)
-    inputs, outputs = model.inputs, model.outputs
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"run_tflite runs models with one input and one output; this one has "
-                         f"{len(inputs)} inputs and {len(outputs)} outputs.")
-    x = np.asarray(x)
-    expected = inputs[0].shape[1:]
-    if x.ndim == 0 or len(x) == 0 or tuple(x.shape[1:]) != expected:
-        raise ValueError(f"x has shape {x.shape}; the model takes (N, "
-                         f"{', '.join(map(str, expected))}) with N >= 1.")
+    arrays = _input_arrays(model, x)
     interpreter = model.interpreter()
-    in_index, out_index = inputs[0].index, outputs[0].index
-    batches, current = [], None
-    progress_bar = keras.utils.Progbar(len(x), unit_name="example") if progress else None
-    for start in range(0, len(x), batch_size):
-        batch = quantize_input(x[start:start + batch_size], inputs[0])
-        if len(batch) != current:
-            interpreter.resize_tensor_input(in_index, batch.shape)
+    batches, current = [[] for _ in model.outputs], None
+    total = len(arrays[0])
+    progress_bar = keras.utils.Progbar(total, unit_name="example") if progress else None
+    for start in range(0, total, batch_size):
+        inputs = [quantize_input(a[start:start + batch_size], t) for a, t in zip(arrays, model.inputs)]
+        if len(inputs[0]) != current:
+            for batch, tensor in zip(inputs, model.inputs):
+                interpreter.resize_tensor_input(tensor.index, batch.shape)
             interpreter.allocate_tensors()
-            current = len(batch)
-        interpreter.set_tensor(in_index, batch)
+            current = len(inputs[0])
+        for batch, tensor in zip(inputs, model.inputs):
+            interpreter.set_tensor(tensor.index, batch)
         interpreter.invoke()
         if progress_bar is not None:
-            progress_bar.add(len(batch))
-        batches.append(interpreter.get_tensor(out_index))
-    raw = np.concatenate(batches)
-    out = outputs[0]
-    if not out.is_quantized:
+            progress_bar.add(current)
+        for outputs, tensor in zip(batches, model.outputs):
+            outputs.append(interpreter.get_tensor(tensor.index))
+    results = [_outputs(np.concatenate(raw), tensor) for raw, tensor in zip(batches, model.outputs)]
+    return results[0] if len(results) == 1 else results
+
+
+def _outputs(raw, tensor) -> TFLiteOutputs:
+    if not tensor.is_quantized:
         return TFLiteOutputs(raw, raw.astype(np.float32), 1.0, 0)
-    return TFLiteOutputs(raw, dequantize(raw, out, np.float32), out.scale, out.zero_point)
+    return TFLiteOutputs(raw, dequantize(raw, tensor, np.float32), tensor.scale, tensor.zero_point)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +134,12 @@ class Comparison:
 
 
 def compare_to_model(qat_model, tflite, x, y=None, batch_size: int = 256,
-                     progress: bool = False) -> Comparison:
+                     progress: bool = False):
     """Runs the Keras model and the .tflite on `x` and compares their outputs.
+
+    `x` (and `y`) as `model.predict` (and `fit`) take them; see `run_tflite`
+    for several inputs. Returns a Comparison, or one per output (a list in the
+    Keras model's output order) for a model with several outputs.
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat_model)
@@ -114,7 +148,18 @@ def compare_to_model(qat_model, tflite, x, y=None, batch_size: int = 256,
       (1.0, 1.0)
     """
     lite = run_tflite(tflite, x, batch_size=batch_size, progress=progress)
-    keras_out = np.asarray(qat_model.predict(x, batch_size=batch_size, verbose=0), np.float32)
+    keras_out = qat_model.predict(x, batch_size=batch_size, verbose=0)
+    lites = lite if isinstance(lite, list) else [lite]
+    keras_outs = [np.asarray(o, np.float32) for o in keras.tree.flatten(keras_out)]
+    labels = keras.tree.flatten(y) if y is not None else [None] * len(lites)
+    if len(keras_outs) != len(lites) or len(labels) != len(lites):
+        raise ValueError(f"The Keras model has {len(keras_outs)} outputs and the .tflite "
+                         f"{len(lites)}; labels were given for {len(labels)}.")
+    comparisons = [_compare(k, t, labels_) for k, t, labels_ in zip(keras_outs, lites, labels)]
+    return comparisons[0] if len(comparisons) == 1 else comparisons
+
+
+def _compare(keras_out, lite, y) -> Comparison:
     if keras_out.shape != lite.dequantized.shape:
         raise ValueError(f"The Keras model's output shape {keras_out.shape} differs from the "
                          f".tflite's {lite.dequantized.shape}.")

@@ -33,6 +33,7 @@ import re
 
 import numpy as np
 
+from tfqat.inputs import check_inputs
 from tfqat.export.reader import quantize, read_dequantized, read_tflite, tensor_details
 from tfqat.rewrite import graph
 from tfqat.rewrite.record import record_of
@@ -79,7 +80,8 @@ class OpFidelity:
 def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     """Compares every activation quantizer's tensor with the .tflite's, op by op.
 
-    `qat_model` must have one input; `x` is a batch of float inputs.
+    `x` is a batch of float inputs: an array, or for several inputs a list (Keras input
+    order) or a dict keyed by input name.
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat)
@@ -87,12 +89,11 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
       >>> result.max_diff_lsb <= 1.0, result.num_checked
       (True, 12)
     """
-    if len(qat_model.inputs) != 1:
-        raise ValueError(f"op_fidelity needs a model with one input; '{qat_model.name}' has "
-                         f"{len(qat_model.inputs)}.")
-    x = np.asarray(x, np.float32)
+    x = check_inputs(qat_model, x, "x", "op_fidelity")
+    inputs = x if isinstance(x, list) else [x]
+    count = len(inputs[0])
     calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
-    tensors = _TFLiteTensors(tflite, x, calls)
+    tensors = _TFLiteTensors(tflite, inputs, calls)
     quantizer_calls = []  # (name, quantizer, call input, call output)
     for entry in record_of(qat_model).quantizers:
         if entry.owner is not None:
@@ -103,7 +104,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         for call, (call_input, output) in enumerate(graph.calls_of(qat_model, quantizer)):
             name = quantizer.name if call == 0 else f"{quantizer.name} (call {call + 1})"
             quantizer_calls.append((name, quantizer, call_input, output))
-    located = tensors.locate(quantizer_calls, len(x))  # id(output) -> index | None | AMBIGUOUS
+    located = tensors.locate(quantizer_calls, count)  # id(output) -> index | None | AMBIGUOUS
 
     def is_source(tensor):
         if graph.is_model_input(tensor):
@@ -130,10 +131,9 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if index == AMBIGUOUS or any(located.get(id(t)) == AMBIGUOUS for t in sources):
             unmatched.append(name)
             continue
-        known = {id(t): tensors.value(located.get(id(t), tensors.input_index), t, len(x))[0]
-                 for t in sources}
+        known = {id(t): tensors.value(located[id(t)], t, count)[0] for t in sources}
         actual = np.asarray(graph.evaluate(output, known))
-        reference, scale = tensors.value(index, output, len(x))
+        reference, scale = tensors.value(index, output, count)
         diff = np.abs(actual.astype(np.float64) - reference) / scale
         diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
     diffs.sort(key=lambda d: -d.max_diff_lsb)
@@ -201,17 +201,19 @@ def _tflite_quantization(lo, hi, bits):
 
 
 class _TFLiteTensors:
-    """The .tflite run once on `x`, with every intermediate tensor kept."""
+    """The .tflite run once on `inputs` (one array per input), every intermediate tensor kept."""
 
-    def __init__(self, tflite, x, calls):
+    def __init__(self, tflite, inputs, calls):
         model = read_tflite(tflite)
         self.interpreter = model.interpreter(preserve_all_tensors=True)
-        source = model.inputs[0]
-        self.interpreter.resize_tensor_input(source.index, x.shape)
+        for array, tensor in zip(inputs, model.inputs):
+            self.interpreter.resize_tensor_input(tensor.index, array.shape)
         self.interpreter.allocate_tensors()
-        self.interpreter.set_tensor(source.index, quantize(x, source))
+        for array, tensor in zip(inputs, model.inputs):
+            self.interpreter.set_tensor(tensor.index, quantize(array, tensor))
         self.interpreter.invoke()
-        self.input_index = source.index
+        # Keras input name -> .tflite input index (the input quantizer's output is that tensor)
+        self.input_index = {name: t.index for name, t in zip(model.input_names, model.inputs)}
         tensors = tensor_details(self.interpreter)  # shapes for this batch
         self.int8 = {t.index: t for t in tensors.values() if t.dtype == "int8"}
         owners = _scope_owners([t.name for t in tensors.values()], calls)
@@ -229,7 +231,7 @@ class _TFLiteTensors:
         by_quantization = {}
         for name, quantizer, call_input, output in quantizer_calls:
             if graph.is_model_input(call_input):
-                by_quantization[id(output)] = [self.input_index]
+                by_quantization[id(output)] = [self.input_index[graph.producer_of(call_input).name]]
                 continue
             scale, zero_point = _tflite_quantization(*quantizer.current_range(), quantizer.bits)
             size = batch * int(np.prod(output.shape[1:]))

@@ -234,7 +234,7 @@ class TFLiteDiff:
     """What `compare_tflite` returns.
 
     summary: tfqat.diagnostics.evaluation.Comparison (agreement, max/mean LSB difference,
-      accuracies when labels were given).
+      accuracies when labels were given); a list of them for several outputs.
     lsb_histogram: {difference in output LSBs (rounded): number of output values}.
     worst_indices: input indices, worst first: top-1 disagreements, then the
       largest per-input LSB difference.
@@ -250,15 +250,24 @@ class TFLiteDiff:
 
     @property
     def agreement(self) -> float:
-        return self.summary.agreement
+        """Top-1 agreement (the lowest over the outputs, for several)."""
+        return min(s.agreement for s in self._summaries)
+
+    @property
+    def _summaries(self) -> list:
+        return self.summary if isinstance(self.summary, list) else [self.summary]
 
     def __str__(self) -> str:
-        s = self.summary
-        lines = [f"{s.num_examples} inputs: top-1 agreement {s.agreement:.2%} "
-                 f"({len(self.disagreements)} differ), output difference max "
-                 f"{s.max_diff_lsb:.2f} LSB, mean {s.mean_diff_lsb:.3f} LSB"]
-        if s.tflite_accuracy is not None:
-            lines.append(f"accuracy: tflite {s.tflite_accuracy:.2%}, keras {s.model_accuracy:.2%}")
+        lines = []
+        for number, s in enumerate(self._summaries):
+            which = f"output {number}: " if len(self._summaries) > 1 else ""
+            lines.append(f"{which}{s.num_examples} inputs: top-1 agreement {s.agreement:.2%}, "
+                         f"output difference max {s.max_diff_lsb:.2f} LSB, mean "
+                         f"{s.mean_diff_lsb:.3f} LSB")
+            if s.tflite_accuracy is not None:
+                lines.append(f"{which}accuracy: tflite {s.tflite_accuracy:.2%}, keras "
+                             f"{s.model_accuracy:.2%}")
+        lines.append(f"{len(self.disagreements)} inputs differ in a top-1 class")
         total = sum(self.lsb_histogram.values())
         lines.append("output values by |difference| in LSBs:")
         for lsb, count in sorted(self.lsb_histogram.items()):
@@ -277,10 +286,16 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
 
     Args:
       qat_model: the QAT model the .tflite was exported from.
-      tflite: the .tflite (bytes or path); one input, one output.
-      data: a numpy array of float inputs, batch axis first.
-      labels: optional class labels, one per input, for accuracies.
+      tflite: the .tflite (bytes or path).
+      data: the float inputs, batch axis first: an array, or for several inputs a
+        list (Keras input order) or a dict keyed by input name.
+      labels: optional class labels, one per input (a list of them for several
+        outputs), for accuracies.
       num_worst: how many worst inputs to list.
+
+    With several outputs, `summary` is a list of Comparisons in the Keras
+    output order, and the histogram, worst inputs and disagreements cover all
+    outputs.
 
     Example:
       >>> diff = compare_tflite(qat, "model_int8.tflite", x_test, y_test)
@@ -288,29 +303,35 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
       (0.998, {0: 35712, 1: 188})
       >>> print(diff)
     """
-    if isinstance(data, (list, tuple, dict)) or not hasattr(data, "shape"):
-        raise TypeError(f"compare_tflite: data must be a numpy array of inputs, not "
-                        f"{type(data).__name__}.")
-    x = np.asarray(data)
-    if x.ndim == 0 or len(x) == 0:
-        raise ValueError(f"compare_tflite: data has shape {x.shape}; pass at least one input, "
+    if not isinstance(data, (list, tuple, dict)) and not hasattr(data, "shape"):
+        raise TypeError(f"compare_tflite: data must be a numpy array of inputs (a list or dict "
+                        f"of them for several inputs), not {type(data).__name__}.")
+    x = check_inputs(qat_model, data, "data", "compare_tflite")
+    count = len(x[0]) if isinstance(x, list) else len(x)
+    if count == 0:
+        raise ValueError("compare_tflite: data holds no inputs; pass at least one input, "
                          "batch axis first.")
-    x = check_inputs(qat_model, x, "data", "compare_tflite")
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if len(labels) != len(x):
-            raise ValueError(f"compare_tflite: {len(labels)} labels for {len(x)} inputs; pass "
+        flat = [np.asarray(l).reshape(-1) for l in keras.tree.flatten(labels)]
+        if any(len(l) != count for l in flat):
+            raise ValueError(f"compare_tflite: {len(flat[0])} labels for {count} inputs; pass "
                              "one class label per input.")
+        labels = flat[0] if len(flat) == 1 else flat
     if not isinstance(num_worst, int) or num_worst < 0:
         raise ValueError(f"num_worst={num_worst!r} must be a non-negative integer.")
     summary = compare_to_model(qat_model, tflite, x, labels, batch_size=batch_size)
     lite = run_tflite(tflite, x, batch_size=batch_size)
-    keras_out = np.asarray(qat_model.predict(x, batch_size=batch_size, verbose=0), np.float32)
-    diff = np.abs(lite.dequantized.astype(np.float64) - keras_out) / lite.scale
-    per_input = diff.reshape(len(x), -1).max(axis=1)
-    disagree = lite.dequantized.argmax(-1) != keras_out.argmax(-1)
-    if disagree.ndim > 1:
-        disagree = disagree.reshape(len(x), -1).any(axis=1)
+    lites = lite if isinstance(lite, list) else [lite]
+    keras_outs = [np.asarray(o, np.float32) for o in
+                  keras.tree.flatten(qat_model.predict(x, batch_size=batch_size, verbose=0))]
+    diffs, disagree = [], np.zeros(count, bool)
+    for out, keras_out in zip(lites, keras_outs):
+        diff = np.abs(out.dequantized.astype(np.float64) - keras_out) / out.scale
+        diffs.append(diff.reshape(count, -1))
+        differs = out.dequantized.argmax(-1) != keras_out.argmax(-1)
+        disagree |= differs.reshape(count, -1).any(axis=1)
+    diff = np.concatenate(diffs, axis=1)
+    per_input = diff.max(axis=1)
     order = np.lexsort((-per_input, ~disagree))  # disagreements first, then by difference
     worst = order[:num_worst]
     counts = np.bincount(np.rint(diff).astype(np.int64).reshape(-1))

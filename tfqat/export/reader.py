@@ -138,8 +138,12 @@ class TFLiteModel:
     """A .tflite as `read_tflite` reads it (its main subgraph).
 
     tensors: {index: TensorInfo}, with the shapes stored in the file.
-    ops: OpInfo in execution order. inputs, outputs: TensorInfo of the model's.
+    ops: OpInfo in execution order. inputs, outputs: TensorInfo of the model's, in
+      the Keras model's order (the converter reorders outputs; its serving signature
+      keeps the Keras order, and that order is used where the file has one).
     metadata: {name: bytes} of the flatbuffer's metadata entries.
+    input_names: the Keras input names, in `inputs` order (from the signature; else
+      the tensor names).
     """
 
     content: bytes
@@ -148,6 +152,7 @@ class TFLiteModel:
     inputs: list
     outputs: list
     metadata: dict
+    input_names: list = dataclasses.field(default_factory=list)
 
     def interpreter(self, kernels: str = "builtin", preserve_all_tensors: bool = False,
                     num_threads: int | None = None) -> Interpreter:
@@ -308,11 +313,30 @@ def read_tflite(model) -> TFLiteModel:
     content = _content(model)
     interpreter = load_interpreter(content)  # verifies the flatbuffer first
     tensors = tensor_details(interpreter)
+    names, inputs, outputs = _signature_io(interpreter)
     return TFLiteModel(
         content=content, tensors=tensors, ops=_ops(interpreter, tensors),
-        inputs=[tensors[int(d["index"])] for d in interpreter.get_input_details()],
-        outputs=[tensors[int(d["index"])] for d in interpreter.get_output_details()],
-        metadata=read_metadata(content))
+        inputs=[tensors[i] for i in inputs], outputs=[tensors[i] for i in outputs],
+        metadata=read_metadata(content), input_names=names)
+
+
+def _signature_io(interpreter):
+    """(input names, input indices, output indices) in the Keras model's order."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        (key, signature), = signatures.items()
+        runner = interpreter.get_signature_runner(key)
+        in_details, out_details = runner.get_input_details(), runner.get_output_details()
+        if len(in_details) == len(interpreter.get_input_details()) and \
+                len(out_details) == len(interpreter.get_output_details()):
+            # Keras names its exported outputs output_0, output_1, ... in its own order.
+            out_names = sorted(out_details, key=lambda n: (len(n), n))
+            return (list(signature["inputs"]),
+                    [int(in_details[n]["index"]) for n in signature["inputs"]],
+                    [int(out_details[n]["index"]) for n in out_names])
+    details = interpreter.get_input_details()
+    return ([d["name"] for d in details], [int(d["index"]) for d in details],
+            [int(d["index"]) for d in interpreter.get_output_details()])
 
 
 def _buffer_data(model, buffer_index, content) -> bytes:
