@@ -193,11 +193,10 @@ CASES = {
 # keep their input's scale and int8 CONCATENATION needs one scale for all inputs and the output,
 # so the converter concatenates at the pool's scale and requantizes once to the concat's.
 REQUANTIZE_OPS = {"average_pool_concat": 1, "resize_concat": 1}
-# Quantizers op_fidelity cannot compare. Keras ops (`x + 3.0`, `x * c`) make TF ops outside
-# any layer's name scope, so their tensors are not found by name, nor, then, the inputs of the
-# layer after them.
-UNMATCHED = {"hard_sigmoid_ops": ("multiply_fq", "head_fq"),
-             "divide_by_constant": ("true_divide_fq", "head_fq")}
+# Quantizers op_fidelity cannot compare: none. (Keras ops (`x + 3.0`, `x * c`) make TF ops
+# outside any layer's name scope; op_fidelity used to look tensors up by name and missed them,
+# and now finds them by their quantization.)
+UNMATCHED = {}
 
 
 # End-to-end bound, output LSBs. AVERAGE_POOL_2D rounds averages half away from zero in the
