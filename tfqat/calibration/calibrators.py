@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers, widen_to_min_range
 
 METHODS = ("minmax", "percentile", "entropy")
 NUM_BINS = 8001
@@ -45,8 +45,6 @@ SMOOTHING_EPS = 1e-4
 # "entropy" warns when a tensor gave fewer values than this: its 8001-bin
 # histogram is then mostly empty bins and the KL minimum is unreliable.
 SPARSE_WARNING_VALUES = NUM_BINS
-# A range must have a positive width: FakeQuant divides by (max - min).
-_MIN_RANGE_WIDTH = 1e-6
 
 
 # ---- histograms -------------------------------------------------------------
@@ -560,8 +558,7 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
     for quantizer, calibrator in zip(quantizers, calibrators):
         lo, hi = calibrator.compute_range()
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-        if hi - lo < _MIN_RANGE_WIDTH:  # a dead (all-zero) activation
-            hi = lo + _MIN_RANGE_WIDTH
+        lo, hi = widen_to_min_range(lo, hi)  # a dead (all-zero) activation
         quantizer.range_min.assign(lo)
         quantizer.range_max.assign(hi)
         quantizer.step.assign(max(int(quantizer.step.numpy()), 1))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 
 from tfqat.nn.activations import QuantActivation
-from tfqat.nn.layers import FusedQuantLayer
+from tfqat.nn.layers import FusedQuantLayer, NearestUpSampling2D
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.rules import activations, linear, merges, pooling, preprocessing
 from tfqat.rewrite.rules.activations import (activation_kind, build_decomposed_activation,
@@ -49,6 +49,6 @@ def runs_quantized(layer, rules=RULES) -> bool:
     excluded and are float.
     """
     if isinstance(layer, (FusedQuantLayer, ActivationQuantizer, QuantActivation,
-                          keras.layers.InputLayer)):
+                          NearestUpSampling2D, keras.layers.InputLayer)):
         return True
     return any(rule.keeps_layers and rule.pattern[0].matches(layer) for rule in rules)
