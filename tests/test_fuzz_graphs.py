@@ -169,7 +169,7 @@ def test_random_graphs_long_profile():
     _run_profile(LONG_EXAMPLES)
 
 
-def survey(max_examples, seed_examples=True):
+def survey(max_examples, log=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported", "kind8" or the failure's first line.
 
@@ -187,6 +187,8 @@ def survey(max_examples, seed_examples=True):
             results.append((case, outcomes[0]))
         except Exception as err:  # recorded, not raised: no shrinking in a survey
             results.append((case, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"))
+        if log is not None:
+            print(f"FUZZ {len(results)} {results[-1][1]}", file=log, flush=True)
 
     check()
     return results
@@ -198,13 +200,13 @@ if __name__ == "__main__":
     import time
 
     start = time.time()
-    results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50)
+    results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr)
     groups = collections.defaultdict(list)
     for case, outcome in results:
         groups[outcome].append(case)
     for outcome, cases_ in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        print(f"{len(cases_):4d}  {outcome}")
+        print(f"{len(cases_):4d}  {outcome}", file=sys.stderr)
         if outcome not in ("exported", "refused", "kind8"):
             print("      e.g. " + graph_fuzz.describe(min(cases_, key=lambda c: len(c.ops)))
-                  .replace("\n", "\n      "))
-    print(f"{len(results)} graphs in {time.time() - start:.0f} s")
+                  .replace("\n", "\n      "), file=sys.stderr)
+    print(f"{len(results)} graphs in {time.time() - start:.0f} s", file=sys.stderr)

@@ -36,7 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers, widen_to_min_range
+from tfqat.nn.quantizers import (ActivationQuantizer, bypass_quantizers, tracked_input,
+                                 widen_to_min_range)
 
 METHODS = ("minmax", "percentile", "entropy")
 NUM_BINS = 8001
@@ -478,7 +479,7 @@ def quantizer_input_model(qat_model, quantizers) -> keras.Model:
       ...     float_activations = probe(x, training=False)
     """
     try:
-        outputs = [quantizer.input for quantizer in quantizers]
+        outputs = [tracked_input(quantizer) for quantizer in quantizers]
         return keras.Model(qat_model.input, outputs, name=f"{qat_model.name}_probe")
     except (AttributeError, ValueError) as err:
         raise ValueError(

@@ -164,13 +164,18 @@ class ActivationQuantizer(keras.layers.Layer):
             return self.fixed_range
         return float(self.range_min.numpy()), float(self.range_max.numpy())
 
-    def call(self, inputs, training=None, tied=False):
+    def call(self, inputs, training=None, tied=False, ahead=False):
         """Fake-quantizes `inputs`.
 
         tied=True: a further call that rounds another tensor to this quantizer's
         scale, for an op whose int8 kernel keeps its input's scale and rounds
         to it (AVERAGE_POOL_2D, RESIZE_BILINEAR). The range is read, not
         tracked, and the training step is not counted again.
+
+        ahead=True (with tied): the tied call runs before the untied call of the
+        step (a Concatenate's input, at the scale of the concatenation after it,
+        whose values the untied call tracks). It reads the range of the last
+        step, and passes through until a range has been observed.
         """
         if self._bypassed:
             return tf.identity(inputs)
@@ -180,6 +185,12 @@ class ActivationQuantizer(keras.layers.Layer):
             lo, hi = self._update_range(inputs)
         else:
             lo, hi = self.range_min, self.range_max
+        if tied and ahead and training and self.fixed_range is None:
+            return tf.cond(
+                self.step > 0,
+                lambda: fake_quant_after_delay(inputs, lo, hi, self.bits, training, self.step,
+                                               self.quant_delay, counted=False),
+                lambda: tf.identity(inputs))
         # A tied call comes after the untied call of the same step, which has counted it.
         out = fake_quant_after_delay(inputs, lo, hi, self.bits, training, self.step,
                                      self.quant_delay, counted=tied)
@@ -210,6 +221,22 @@ class ActivationQuantizer(keras.layers.Layer):
             bits=self.bits, ema_decay=self.ema_decay, quant_delay=self.quant_delay,
             fixed_range=None if self.fixed_range is None else list(self.fixed_range))
         return config
+
+
+def tracked_input(quantizer):
+    """The input tensor of the quantizer's untied call (the one that tracks its range).
+
+    A quantizer called tied before its untied call (the inputs of a Concatenate,
+    ahead of the concatenation) has that call as its first node, so
+    `quantizer.input` is not the tensor whose range it tracks.
+
+    Example:
+      >>> probe = keras.Model(qat.input, [tracked_input(q) for q in quantizers])
+    """
+    for node in quantizer._inbound_nodes:
+        if not node.arguments.kwargs.get("tied", False):
+            return node.input_tensors[0]
+    return quantizer.input
 
 
 @contextlib.contextmanager

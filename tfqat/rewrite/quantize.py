@@ -87,6 +87,22 @@ class _Rebuilder:
                 self.consumer_count[tid] = self.consumer_count.get(tid, 0) + 1
         for tid in graph.output_ids():
             self.consumer_count[tid] = self.consumer_count.get(tid, 0) + 1
+        # Concatenation scale groups. int8 CONCATENATION needs its inputs at its output's
+        # scale (the converter requantizes any other input with a QUANTIZE op), so each tensor
+        # that would get a tracked range of its own is instead rounded to the scale of the
+        # first Concatenate that reads it, and that Concatenate's output to the next one's:
+        # one quantizer per tree of concatenations (a DenseNet dense block), tracking the
+        # root's output, which holds every member's values. Tensors at another scale (the
+        # output of a pool that keeps its input's scale, a fixed range, another group's)
+        # keep it and are requantized.
+        self.concat_claim = {}  # tensor id -> index of the Concatenate whose scale it takes
+        self.concat_output = {}  # output tensor id of a Concatenate -> its node index
+        for index, node in enumerate(graph.nodes):
+            if type(node.layer) is keras.layers.Concatenate and not config.is_excluded(node.layer):
+                self.concat_output[node.outputs[0]] = index
+                for tid in node.inputs:
+                    self.concat_claim.setdefault(tid, index)
+        self.group_quantizers = {}  # index of a root Concatenate -> its ActivationQuantizer
 
     def build(self, name):
         new_inputs = []
@@ -195,10 +211,6 @@ class _Rebuilder:
             self.values[out] = source(value, tied=True)
             self.quantized.add(out)
             self.scale_source[out] = source
-        elif self._feeds_only_concatenations(out):
-            # TFLite's CONCATENATION gives its inputs its output's scale, so a tensor read only
-            # by concatenations is quantized by their output fake quant, not by its own.
-            self.quantized.add(out)
         else:  # "tracked", "fixed", or "input" whose input scale has no known quantizer
             self._add_quantizer(out, cfg, fixed_range=output.fixed_range,
                                 name=replacement.layers[-1].name)
@@ -255,23 +267,40 @@ class _Rebuilder:
         self.used_names.add(layer.name)
         return layer
 
-    def _feeds_only_concatenations(self, tid):
-        if tid in self.graph.output_ids():
-            return False
-        consumers = self.graph.consumers(tid)
-        return bool(consumers) and all(
-            type(node.layer) is keras.layers.Concatenate and not self.config.is_excluded(node.layer)
-            for node in consumers)
+    def _concat_root(self, tid):
+        """The index of the root Concatenate of the scale group of `tid`, or None."""
+        index = self.concat_output.get(tid, self.concat_claim.get(tid))
+        if index is None:
+            return None
+        while (parent := self.concat_claim.get(self.graph.nodes[index].outputs[0])) is not None:
+            index = parent
+        return index
 
     def _made_by_excluded(self, tid):
         return any(tid in node.outputs and self.config.is_excluded(node.layer)
                    for node in self.graph.nodes)
 
     def _add_quantizer(self, tid, cfg, fixed_range=None, name=None):
+        raw = self.values[tid]
+        root = self._concat_root(tid) if fixed_range is None else None
+        if root is not None:
+            quantizer = self.group_quantizers.get(root)
+            if quantizer is None:
+                root_node = self.graph.nodes[root]
+                root_cfg = self.config.for_layer(root_node.config_name)
+                quantizer = self.group_quantizers[root] = ActivationQuantizer(
+                    bits=root_cfg.activation_bits, ema_decay=root_cfg.ema_decay,
+                    quant_delay=root_cfg.quant_delay, name=self._unique(f"{root_node.layer.name}_fq"))
+            if tid in self.graph.nodes[root].outputs:
+                self.values[tid] = quantizer(raw)
+            else:  # a member computed before the root: rounded ahead of its tracking call
+                self.values[tid] = quantizer(raw, tied=True, ahead=True)
+            self.quantized.add(tid)
+            self.scale_source[tid] = quantizer
+            return
         quantizer = ActivationQuantizer(
             bits=cfg.activation_bits, ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay,
             fixed_range=fixed_range, name=self._unique(f"{name}_fq"))
-        raw = self.values[tid]
         self.values[tid] = quantizer(raw)
         self.quantized.add(tid)
         self.scale_source[tid] = quantizer
