@@ -188,7 +188,11 @@ def survey(max_examples, log=None):
         except Exception as err:  # recorded, not raised: no shrinking in a survey
             results.append((case, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"))
         if log is not None:
-            print(f"FUZZ {len(results)} {results[-1][1]}", file=log, flush=True)
+            outcome = results[-1][1]
+            print(f"FUZZ {len(results)} {outcome}", file=log, flush=True)
+            if outcome not in ("exported", "refused", "kind8"):
+                print("      " + graph_fuzz.describe(case).replace("\n", "\n      "), file=log,
+                      flush=True)
 
     check()
     return results
