@@ -167,7 +167,8 @@ def cases(draw, max_ops=10):
     config = dict(
         per_channel=draw(st.booleans()),
         weight_bits=draw(st.sampled_from((8, 7, 6, 5, 4))),
-        activation_bits=draw(st.sampled_from((8,) * 9 + (7, 5, 4))),
+        # Below 8 bits export refuses (a refusal to check, but rarely: it ends the case early).
+        activation_bits=draw(st.sampled_from((8,) * 15 + (7, 4))),
         quant_delay=draw(st.sampled_from((0, 0, 1, 3))),
         bn_freeze_delay=draw(st.sampled_from((None, 2, 0, 5))),
     )

@@ -28,7 +28,9 @@ from tfqat.diagnostics.evaluation import quantize_input
 from tfqat.export.reader import load_interpreter
 import graph_fuzz
 
-FAST_EXAMPLES = 20
+# A graph costs 3-6 s on 2 idle cores (the converter's share is 2-4 s), so the default suite
+# runs a few, and CI's slow suite the long profile (about 40 minutes for 500 graphs).
+FAST_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_FAST_EXAMPLES", "10"))
 LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_EXAMPLES", "500"))
 # XNNPACK and the reference kernels round some ops differently (1 LSB an op), and the
 # differences add up over a few layers.
