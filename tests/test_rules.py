@@ -41,9 +41,9 @@ def test_activation_kind(layer, kind):
 
 def test_rule_table_order_and_names():
     assert [r.name for r in rules.RULES] == [
-        "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "merge_relu",
+        "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "concatenate", "merge_relu",
         "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
-        "fixed_range_activation", "scale_preserving", "same_scale_op"]
+        "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
     assert [s.optional for s in fused.pattern] == [False, True, True]

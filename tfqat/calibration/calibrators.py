@@ -36,7 +36,8 @@ import keras
 import numpy as np
 
 from tfqat.inputs import input_batches
-from tfqat.nn.quantizers import bypass_quantizers
+from tfqat.nn.quantizers import bypass_quantizers, widen_to_min_range
+from tfqat.rewrite import graph
 from tfqat.rewrite.record import find_quantizer, record_of
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -46,8 +47,6 @@ SMOOTHING_EPS = 1e-4
 # "entropy" warns when a tensor gave fewer values than this: its 8001-bin
 # histogram is then mostly empty bins and the KL minimum is unreliable.
 SPARSE_WARNING_VALUES = NUM_BINS
-# A range must have a positive width: FakeQuant divides by (max - min).
-_MIN_RANGE_WIDTH = 1e-6
 
 
 # ---- histograms -------------------------------------------------------------
@@ -391,7 +390,7 @@ def quantizer_input_model(qat_model, quantizers) -> keras.Model:
       ...     float_activations = probe(x, training=False)
     """
     try:
-        outputs = [quantizer.input for quantizer in quantizers]
+        outputs = [graph.untied_call(quantizer)[0] for quantizer in quantizers]
         return keras.Model(qat_model.input, outputs, name=f"{qat_model.name}_probe")
     except (AttributeError, ValueError) as err:
         raise ValueError(
@@ -482,8 +481,7 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
     for quantizer, calibrator in zip(quantizers, calibrators):
         lo, hi = calibrator.compute_range()
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-        if hi - lo < _MIN_RANGE_WIDTH:  # a dead (all-zero) activation
-            hi = lo + _MIN_RANGE_WIDTH
+        lo, hi = widen_to_min_range(lo, hi)  # a dead (all-zero) activation
         quantizer.set_range(lo, hi)
         ranges[quantizer.name] = quantizer.current_range()
     return ranges

@@ -119,7 +119,7 @@ def _float_counterpart(float_model, qat_model, quantizer):
     """(float KerasTensor, float layer name) for a QAT quantizer, from the quantization record."""
     name = record_of(qat_model).quantizer(quantizer.name).float_tensor
     tensor = graph.output_of(float_model, name) if name is not None else None
-    if tensor is None or tuple(tensor.shape[1:]) != tuple(quantizer.input.shape[1:]):
+    if tensor is None or tuple(tensor.shape[1:]) != tuple(graph.untied_call(quantizer)[0].shape[1:]):
         return None
     return tensor, name
 
@@ -181,7 +181,7 @@ def layer_report(float_model, qat_model, data, batch_size: int = 32,
     matched = [q for q in quantizers if counterparts.get(q.name) is not None]
     bypassed = [q for q in quantizers if counterparts.get(q.name) is None]
 
-    qat_probe = keras.Model(qat_model.input, [(q.input, q.output) for q in quantizers])
+    qat_probe = keras.Model(qat_model.input, [graph.untied_call(q) for q in quantizers])
     float_probe = keras.Model(float_model.input, [counterparts[q.name][0] for q in matched]) \
         if matched else None
     bypass_probe = quantizer_input_model(qat_model, bypassed) if bypassed else None

@@ -101,6 +101,18 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
         raise ExportError(
             f"Export to int8 needs at most {EXPORT_MAX_BITS} bits, but these layers use more: "
             f"{', '.join(too_wide)}. Quantize with bits <= {EXPORT_MAX_BITS} for them.")
+    narrow = [f"{l.name} (activation_bits={l.bits})" for l in qat_model.layers
+              if isinstance(l, (ActivationQuantizer, QuantActivation)) and l.bits < EXPORT_MAX_BITS]
+    if narrow:
+        # The converter gives every activation tensor an 8-bit scale (range / 255) whatever
+        # the fake quant's bits, and has no int4 activation kernels: the .tflite would not
+        # compute what the QAT model simulates (range / (2^bits - 1)).
+        raise ExportError(
+            f"Export needs activation_bits={EXPORT_MAX_BITS}, but these layers use fewer: "
+            f"{', '.join(narrow)}. TFLite's int8 kernels quantize activations to 8 bits "
+            "(range / 255), so the .tflite would not compute what a QAT model with "
+            f"fewer activation bits simulates. Quantize with activation_bits={EXPORT_MAX_BITS} "
+            "to export (fewer activation bits are for simulation only; weight_bits may be lower).")
     uncalibrated = [l.name for l in quantizers if not l.is_calibrated]
     if uncalibrated:
         raise ExportError(

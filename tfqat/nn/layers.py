@@ -485,6 +485,15 @@ class QuantConv2DTranspose(_QuantConvolution):
     def _kernel_shape(self, input_shape):
         return (*self.kernel_size, self.filters, input_shape[-1])
 
+    def _quantize(self, kernel_view, training):
+        # TRANSPOSE_CONV has no int4 kernel (the converter fails on an i4 operand): fewer
+        # bits are carried as int8 values on the weight_bits grid, the same values.
+        quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
+                                              container_bits=8)
+        if not training:
+            return quantize()
+        return pass_through_during_delay(self.step.value, self.quant_delay, kernel_view, quantize)
+
     def _kernel_view(self, kernel):
         return tf.transpose(kernel, [0, 1, 3, 2])
 
@@ -601,3 +610,42 @@ class QuantRescaling(ChannelScaleLayer):
                     f"shape ({channels},).")
         self.kernel.assign(tf.cast(scale, self.kernel.dtype))
         self.bias.assign(tf.cast(offset, self.bias.dtype))
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class NearestUpSampling2D(keras.layers.Layer):
+    """UpSampling2D(interpolation="nearest") as one nearest-neighbour resize.
+
+    Keras's nearest UpSampling2D repeats rows and columns (`ops.repeat`); two
+    in a row before a conv make TF 2.21's converter fail ("'tf.Conv2D' op is
+    neither a custom op nor a flex op"). A resize to the static output size
+    is one int8 RESIZE_NEAREST_NEIGHBOR with the same values (each output
+    pixel is input pixel (i // size_h, j // size_w)), which keeps its input's
+    scale.
+
+    Example:
+      >>> NearestUpSampling2D((2, 3))(tf.zeros([1, 4, 4, 2])).shape
+      TensorShape([1, 8, 12, 2])
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.size = _pair(size)
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:
+            repeated = tf.repeat(inputs, self.size[0], axis=1)
+            return tf.repeat(repeated, self.size[1], axis=2)
+        return tf.image.resize(inputs, (height * self.size[0], width * self.size[1]),
+                               method="nearest")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else h * self.size[0],
+                None if w is None else w * self.size[1], c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size)
+        return config

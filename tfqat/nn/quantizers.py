@@ -17,6 +17,25 @@ from tfqat.rewrite.graph import all_layers
 # An all-zero weight channel still needs a non-zero range for a valid scale.
 _MIN_WEIGHT_RANGE = 1e-8
 
+# The narrowest activation range. A dead (all-zero) tensor would otherwise get a scale near 0,
+# and the next op's int32 bias (scale s_in * s_w) saturates: the reference kernels then run
+# a wrong model, XNNPACK refuses it or crashes. 1e-2 keeps a bias up to ~0.6 in int32 even
+# with weights as small as 1e-3 (s_w = 8e-6); only tensors narrower than that are widened.
+MIN_ACTIVATION_RANGE = 1e-2
+
+
+def widen_to_min_range(range_min, range_max):
+    """(min, max) with max raised so the range is at least MIN_ACTIVATION_RANGE wide.
+
+    Works on floats and on tensors. Example:
+      >>> widen_to_min_range(0.0, 0.0)
+      (0.0, 0.01)
+    """
+    if isinstance(range_min, (int, float)) and isinstance(range_max, (int, float)):
+        return range_min, max(range_max, range_min + MIN_ACTIVATION_RANGE)
+    return range_min, tf.maximum(range_max, range_min + MIN_ACTIVATION_RANGE)
+
+
 # Fixed int8 output ranges that TFLite's kernels require.
 # softmax/sigmoid: scale 1/256, zero point -128; tanh: scale 1/128, zero point 0.
 FIXED_RANGES = {
@@ -26,11 +45,17 @@ FIXED_RANGES = {
 }
 
 
-def fake_quant_weights(weights, bits=8, per_channel=True):
+def fake_quant_weights(weights, bits=8, per_channel=True, container_bits=None):
     """Symmetric, narrow-range fake quantization of a weight tensor.
 
     The last axis is the output-channel axis. The range is max|w| (per channel
     or over the whole tensor), recomputed on every call.
+
+    container_bits (> bits): the same `bits`-bit values, expressed as a
+    `container_bits` fake quant whose range is widened so its step is the
+    `bits`-bit step. No weight lies beyond max|w|, so nothing more is clipped:
+    the values are identical, and the converter stores them as
+    `container_bits`-bit integers (for kernels with no int4 form).
 
     Example:
       >>> w = tf.constant([[0.5, -2.0], [0.25, 1.0]])
@@ -38,12 +63,17 @@ def fake_quant_weights(weights, bits=8, per_channel=True):
       TensorShape([2, 2])
     """
     weights = tf.convert_to_tensor(weights)
+    widen = 1.0
+    if container_bits is not None and container_bits > bits:
+        widen = (2 ** (container_bits - 1) - 1) / (2 ** (bits - 1) - 1)
+        bits = container_bits
     if per_channel:
         axes = list(range(weights.shape.rank - 1))
         bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights), axis=axes), _MIN_WEIGHT_RANGE))
+        bound = bound * widen
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             weights, -bound, bound, num_bits=bits, narrow_range=True)
-    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights)), _MIN_WEIGHT_RANGE))
+    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights)), _MIN_WEIGHT_RANGE)) * widen
     return tf.quantization.fake_quant_with_min_max_vars(
         weights, -bound, bound, num_bits=bits, narrow_range=True)
 
@@ -174,13 +204,18 @@ class ActivationQuantizer(keras.layers.Layer):
             return self.fixed_range
         return float(self.range_min.numpy()), float(self.range_max.numpy())
 
-    def call(self, inputs, training=None, tied=False):
+    def call(self, inputs, training=None, tied=False, ahead=False):
         """Fake-quantizes `inputs`.
 
         tied=True: a further call that rounds another tensor to this quantizer's
         scale, for an op whose int8 kernel keeps its input's scale and rounds
         to it (AVERAGE_POOL_2D, RESIZE_BILINEAR). The range is read, not
         tracked, and the training step is not counted again.
+
+        ahead=True (with tied): the tied call runs before the untied call of the
+        step (a Concatenate's input, at the scale of the concatenation after it,
+        whose values the untied call tracks). It reads the range of the last
+        step, and passes through until a range has been observed.
         """
         if self.observer is not None and not tied:
             self.observer(inputs)
@@ -192,6 +227,12 @@ class ActivationQuantizer(keras.layers.Layer):
             lo, hi = self._update_range(inputs)
         else:
             lo, hi = self.range_min, self.range_max
+        if tied and ahead and training and self.fixed_range is None:
+            return tf.cond(
+                self.calibrated,
+                lambda: fake_quant_after_delay(inputs, lo, hi, self.bits, training, self.step,
+                                               self.quant_delay, counted=False),
+                lambda: tf.identity(inputs))
         # A tied call comes after the untied call of the same step, which has counted it.
         out = fake_quant_after_delay(inputs, lo, hi, self.bits, training, self.step,
                                      self.quant_delay, counted=tied)
@@ -208,6 +249,7 @@ class ActivationQuantizer(keras.layers.Layer):
         decay = self.ema_decay
         new_min = tf.where(first, batch_min, decay * self.range_min + (1.0 - decay) * batch_min)
         new_max = tf.where(first, batch_max, decay * self.range_max + (1.0 - decay) * batch_max)
+        new_min, new_max = widen_to_min_range(new_min, new_max)
         self.range_min.assign(new_min)
         self.range_max.assign(new_max)
         self.calibrated.assign(True)

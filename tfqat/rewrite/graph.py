@@ -312,3 +312,13 @@ def copy_lambda(layer):
         layer.function, output_shape=layer._output_shape, mask=layer.mask,
         arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
         dtype=layer.dtype_policy)
+
+
+def untied_call(layer):
+    """(input, output) of the first call of `layer` not made with tied=True: the call of an
+    ActivationQuantizer that tracks its range (tied calls round other tensors to its scale,
+    some of them before it: the inputs of a Concatenate)."""
+    for node in layer._inbound_nodes:
+        if not node.arguments.kwargs.get("tied", False):
+            return node.input_tensors[0], node.output_tensors[0]
+    raise ValueError(f"Layer '{layer.name}' has no untied call.")

@@ -8,7 +8,6 @@ be int8 in the exported model carries a fake quant.
 
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 
@@ -81,7 +80,6 @@ class _Rebuilder:
         self.values = {}  # tensor id -> new KerasTensor
         self.quantized = set()  # tensor ids whose new tensor is fake-quantized
         self.record = RecordBuilder()
-        self.concat_fed = []  # (decision index, tensor id): scale set by a concatenation
         self.scale_source = {}  # tensor id -> the ActivationQuantizer that sets its int8 scale
         self.clones = {}  # id(old layer) -> clone, so shared float layers stay shared
         self.used_names = set()
@@ -97,6 +95,22 @@ class _Rebuilder:
                 self.consumer_count[tid] = self.consumer_count.get(tid, 0) + 1
         for tid in graph.output_ids():
             self.consumer_count[tid] = self.consumer_count.get(tid, 0) + 1
+        # Concatenation scale groups. int8 CONCATENATION needs its inputs at its output's
+        # scale (the converter requantizes any other input with a QUANTIZE op), so each tensor
+        # that would get a tracked range of its own is instead rounded to the scale of the
+        # first Concatenate that reads it, and that Concatenate's output to the next one's:
+        # one quantizer per tree of concatenations (a DenseNet dense block), tracking the
+        # root's output, which holds every member's values. Tensors at another scale (the
+        # output of a pool that keeps its input's scale, a fixed range, another group's)
+        # keep it and are requantized.
+        self.concat_claim = {}  # tensor id -> index of the Concatenate whose scale it takes
+        self.concat_output = {}  # output tensor id of a Concatenate -> its node index
+        for index, node in enumerate(graph.nodes):
+            if type(node.layer) is keras.layers.Concatenate and not config.is_excluded(node.layer):
+                self.concat_output[node.outputs[0]] = index
+                for tid in node.inputs:
+                    self.concat_claim.setdefault(tid, index)
+        self.group_quantizers = {}  # index of a root Concatenate -> its ActivationQuantizer
 
     def build(self, name):
         new_inputs = []
@@ -119,16 +133,7 @@ class _Rebuilder:
                    for tid in self.graph.output_ids()]
         structure = keras.tree.pack_sequence_as(self.graph.outputs, outputs)
         inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
-        for index, tid in self.concat_fed:
-            source = self.scale_source.get(self._concatenation_of(tid))
-            decision = self.record.decisions[index]
-            self.record.decisions[index] = dataclasses.replace(
-                decision, output_quantizer=source.name if source is not None else None)
         return QATModel(inputs, structure, name=name, quantization_record=self.record.build())
-
-    def _concatenation_of(self, tid):
-        """The output tensor of the (first) concatenation that reads `tid`."""
-        return self.graph.consumers(tid)[0].outputs[0]
 
     # ---- matching ---------------------------------------------------------
     def _match(self, index):
@@ -207,8 +212,6 @@ class _Rebuilder:
         policy, quantizer = self._set_output_scale(out, value, replacement, cfg, first)
         self.record.add_decision(float_layers, rule.name, qat_layers, policy,
                                  quantizer.name if quantizer is not None else None)
-        if policy == record_lib.CONCAT:
-            self.concat_fed.append((len(self.record.decisions) - 1, out))
 
     def _set_output_scale(self, out, value, replacement, cfg, first):
         """Applies the replacement's output scale policy: (policy, quantizer or None)."""
@@ -233,14 +236,12 @@ class _Rebuilder:
             self.quantized.add(out)
             self.scale_source[out] = source
             return record_lib.TIED, source
-        if self._feeds_only_concatenations(out):
-            # TFLite's CONCATENATION gives its inputs its output's scale, so a tensor read only
-            # by concatenations is quantized by their output fake quant, not by its own.
-            self.quantized.add(out)
-            return record_lib.CONCAT, None
         # "tracked", "fixed", or "input" whose input scale has no known quantizer
         quantizer = self._add_quantizer(out, cfg, fixed_range=output.fixed_range,
                                         name=replacement.layers[-1].name)
+        root = self._concat_root(out) if output.fixed_range is None else None
+        if root is not None and out not in self.graph.nodes[root].outputs:
+            return record_lib.CONCAT, quantizer  # rounded to the concatenation's scale
         return (record_lib.OWN if output.fixed_range is None else record_lib.FIXED), quantizer
 
     def _tied(self, quantizer, value):
@@ -298,23 +299,43 @@ class _Rebuilder:
         self.used_names.add(layer.name)
         return layer
 
-    def _feeds_only_concatenations(self, tid):
-        if tid in self.graph.output_ids():
-            return False
-        consumers = self.graph.consumers(tid)
-        return bool(consumers) and all(
-            type(node.layer) is keras.layers.Concatenate and not self.config.is_excluded(node.layer)
-            for node in consumers)
+    def _concat_root(self, tid):
+        """The index of the root Concatenate of the scale group of `tid`, or None."""
+        index = self.concat_output.get(tid, self.concat_claim.get(tid))
+        if index is None:
+            return None
+        while (parent := self.concat_claim.get(self.graph.nodes[index].outputs[0])) is not None:
+            index = parent
+        return index
 
     def _made_by_excluded(self, tid):
         return any(tid in node.outputs and self.config.is_excluded(node.layer)
                    for node in self.graph.nodes)
 
     def _add_quantizer(self, tid, cfg, fixed_range=None, name=None):
+        raw = self.values[tid]
+        root = self._concat_root(tid) if fixed_range is None else None
+        if root is not None:
+            quantizer = self.group_quantizers.get(root)
+            if quantizer is None:
+                root_node = self.graph.nodes[root]
+                root_cfg = self.config.for_layer(root_node.config_name)
+                quantizer = self.group_quantizers[root] = ActivationQuantizer(
+                    bits=root_cfg.activation_bits, ema_decay=root_cfg.ema_decay,
+                    quant_delay=root_cfg.quant_delay, name=self._unique(f"{root_node.layer.name}_fq"))
+                root_output = self.graph.nodes[root].outputs[0]
+                self.record.add_quantizer(quantizer.name, False, self._float_tensor(root_output))
+            if tid in self.graph.nodes[root].outputs:
+                self.values[tid] = quantizer(raw)
+            else:  # a member computed before the root: rounded ahead of its tracking call
+                self.values[tid] = quantizer(raw, tied=True, ahead=True)
+                self.record.add_tied_call(quantizer.name)
+            self.quantized.add(tid)
+            self.scale_source[tid] = quantizer
+            return quantizer
         quantizer = ActivationQuantizer(
             bits=cfg.activation_bits, ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay,
             fixed_range=fixed_range, name=self._unique(f"{name}_fq"))
-        raw = self.values[tid]
         self.values[tid] = quantizer(raw)
         self.quantized.add(tid)
         self.scale_source[tid] = quantizer

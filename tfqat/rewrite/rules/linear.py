@@ -8,7 +8,8 @@ import keras
 from tfqat.nn import layers as qlayers
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.rules.activations import RELU_TAIL, activation_kind
-from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step, _channels_last_check
+from tfqat.rewrite.rules.base import (TRACKED, Replacement, RewriteRule, Step, _channels_last_check,
+                                      clone_layer)
 
 
 LINEAR_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
@@ -84,12 +85,19 @@ def build_fused_linear(match, cfg) -> Replacement:
     _groups_check(linear)
     kind = type(linear)
     if kind is keras.layers.Conv2DTranspose:
-        # Per tensor always: see QuantConv2DTranspose.
-        common = _fused_settings(linear, bn, relu, cfg, per_channel=False)
+        # Per tensor always: see QuantConv2DTranspose. A ReLU is not fused: with a zero or
+        # absent bias (no BN, or BN with default statistics) the converter leaves
+        # TRANSPOSE_CONV + RELU in float. The ReLU runs as its own int8 RELU instead.
+        common = _fused_settings(linear, bn, None, cfg, per_channel=False)
         fused = qlayers.QuantConv2DTranspose(
             linear.filters, linear.kernel_size, strides=linear.strides, padding=linear.padding,
             output_padding=linear.output_padding, dilation_rate=linear.dilation_rate, **common)
-        return Replacement([fused], TRACKED, lambda: fused.load_float_weights(linear, bn))
+        layers = [fused]
+        if relu is not None:
+            layers += [ActivationQuantizer(bits=cfg.activation_bits, ema_decay=cfg.ema_decay,
+                                           quant_delay=cfg.quant_delay, name=f"{linear.name}_fq"),
+                       clone_layer(relu)]
+        return Replacement(layers, TRACKED, lambda: fused.load_float_weights(linear, bn))
     common = _fused_settings(linear, bn, relu, cfg)
     if kind is keras.layers.Conv2D:
         fused = qlayers.QuantConv2D(

@@ -70,6 +70,14 @@ def merges_more_than_two(node) -> bool:
     return isinstance(inputs, (list, tuple)) and len(inputs) > 2
 
 
+def is_concatenate(layer) -> bool:
+    """Concatenate (exact class)."""
+    return type(layer) is keras.layers.Concatenate
+
+
 RULES = (
+    # CONCATENATION has no fused activation: a ReLU after it is its own op (with a tail,
+    # the converter leaves CONCATENATION and RELU float).
+    RewriteRule("concatenate", (Step("merge", is_concatenate),), build_tracked, True),
     RewriteRule("merge_relu", (Step("merge", is_merge), RELU_TAIL), build_tracked, True),
 )

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import keras
 
-from tfqat.rewrite.rules.activations import activation_kind
-from tfqat.rewrite.rules.base import RewriteRule, Step, build_same_scale, build_scale_preserving, build_tracked
+from tfqat.rewrite.rules.activations import RELU_TAIL, activation_kind
+from tfqat.nn.layers import NearestUpSampling2D
+from tfqat.rewrite.rules.base import (SCALE_PRESERVING, Replacement, RewriteRule, Step,
+                                      build_same_scale, build_scale_preserving, build_tracked)
 
 
 # GlobalAveragePooling is MEAN, which requantizes to its own output scale. (Windowed
@@ -74,12 +76,30 @@ def is_same_scale_op(layer) -> bool:
     return is_resize(layer) or type(layer) in WINDOW_AVERAGE_POOL_TYPES
 
 
+def is_nearest_upsampling(layer) -> bool:
+    """UpSampling2D with nearest interpolation, channels last."""
+    return (type(layer) is keras.layers.UpSampling2D and layer.interpolation == "nearest"
+            and layer.data_format == "channels_last")
+
+
+def build_nearest_upsampling(match, cfg) -> Replacement:
+    """Nearest UpSampling2D as one nearest resize (see tfqat.nn.layers.NearestUpSampling2D)."""
+    layer = match["op"]
+    return Replacement([NearestUpSampling2D(layer.size, name=layer.name)], SCALE_PRESERVING)
+
+
 GLOBAL_POOL_RULES = (
     RewriteRule("global_average_pool", (Step("pool", is_global_average_pool),), build_tracked,
                 True),
 )
 SHAPE_RULES = (
+    RewriteRule("nearest_upsampling", (Step("op", is_nearest_upsampling),),
+                build_nearest_upsampling),
     RewriteRule("scale_preserving", (Step("op", is_scale_preserving),), build_scale_preserving,
                 True),
-    RewriteRule("same_scale_op", (Step("op", is_same_scale_op),), build_same_scale, True),
+    # A ReLU after the op keeps the input's scale too: the converter fuses it into
+    # AVERAGE_POOL_2D, whose output scale must equal its input's (with a fake quant of the
+    # ReLU's own, conversion fails: "violate the same scale constraint").
+    RewriteRule("same_scale_op", (Step("op", is_same_scale_op), RELU_TAIL), build_same_scale,
+                True),
 )

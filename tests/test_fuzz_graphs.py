@@ -1,0 +1,218 @@
+"""Random Keras graphs (tests/graph_fuzz.py) through the whole tfqat pipeline.
+
+For each drawn case: quantize_model returns a QAT model or raises
+UnsupportedLayerError naming a layer; the QAT model fits a few steps (some
+crossing bn_freeze_delay), calibrates, saves and loads with the same
+predictions, and exports integer-only (or is refused before conversion, for
+activation_bits < 8, naming the layers); the LiteRT reference kernels and
+XNNPACK both run it; every quantizer agrees with the .tflite within 1 LSB op
+by op; the QAT model's outputs lie on the .tflite's output grid.
+
+Derandomized (fixed seed, no example database), so CI reruns the same graphs.
+The fast profile runs in the default suite; the long one (TFQAT_FUZZ_EXAMPLES,
+500 by default) is marked slow.
+"""
+
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from hypothesis import HealthCheck, given, settings
+
+import tfqat
+from tfqat.diagnostics.evaluation import quantize_input
+from tfqat.export.reader import load_interpreter
+import graph_fuzz
+
+# A graph costs 3-6 s on 2 idle cores (the converter's share is 2-4 s), so the default suite
+# runs a few, and CI's slow suite the long profile (about 40 minutes for 500 graphs).
+FAST_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_FAST_EXAMPLES", "10"))
+LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_EXAMPLES", "500"))
+# XNNPACK and the reference kernels round some ops differently (1 LSB an op), and the
+# differences add up over a few layers.
+XNNPACK_MAX_LSB = 4
+
+
+class Kind8(Exception):
+    """op_fidelity could not match a tensor (issue 14 kind 8, the lead's)."""
+
+
+def _layer_names(model):
+    names = set()
+    for layer in model.layers:
+        names.add(layer.name)
+        if isinstance(layer, keras.Model):
+            names |= _layer_names(layer)
+    return names
+
+
+def run_case(case, stats=None):
+    """Runs one case through the pipeline and checks every property.
+
+    Returns "refused" (a documented refusal) or "exported"; raises Kind8 when op_fidelity
+    leaves tensors unmatched, AssertionError on a property violation.
+    """
+    model = graph_fuzz.build_model(case)
+    rng = np.random.default_rng(case.seed)
+    x = rng.uniform(0, 1, (24, *case.input_shape)).astype("float32")
+    try:
+        qat = tfqat.quantize_model(model, case.quant_config())
+    except tfqat.UnsupportedLayerError as err:
+        named = [n for n in _layer_names(model) if f"'{n}'" in str(err)]
+        assert named, f"refusal names no layer of the model: {err}"
+        return "refused"
+    # Eager: tracing a train function costs more than the few steps run.
+    qat.compile(keras.optimizers.SGD(1e-3), "mse", run_eagerly=True)
+    y = rng.normal(0, 1, (len(x), *qat.output_shape[1:])).astype("float32")
+    steps = case.fit_steps
+    qat.fit(x[:8 * steps], y[:8 * steps], batch_size=8, epochs=1, verbose=0, shuffle=False)
+    if case.calibration is not None:
+        tfqat.calibrate(qat, x, method=case.calibration)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "qat.keras")
+        qat.save(path)
+        loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded(x[:8])), np.asarray(qat(x[:8])))
+    try:
+        flatbuffer = tfqat.export_tflite(loaded)
+    except tfqat.NotIntegerOnlyError:
+        raise
+    except tfqat.ExportError as err:
+        # A deliberate refusal comes before conversion and names the layers.
+        if case.config["activation_bits"] < 8 and "activation_bits" in str(err):
+            named = [n for n in _layer_names(loaded) if n in str(err)]
+            assert named, err
+            return "refused"
+        raise
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"], str(report)
+
+    reference = load_interpreter(flatbuffer)
+    detail = reference.get_input_details()[0]
+    reference.resize_tensor_input(detail["index"], x.shape)
+    reference.allocate_tensors()
+    q_in = quantize_input(x, detail)
+    reference.set_tensor(detail["index"], q_in)
+    reference.invoke()
+    out_detail = reference.get_output_details()[0]
+    q_ref = reference.get_tensor(out_detail["index"]).astype(np.int32)
+
+    # XNNPACK (the default delegate) must prepare and run the same model.
+    xnnpack = Interpreter(model_content=bytes(flatbuffer))
+    xnnpack.resize_tensor_input(xnnpack.get_input_details()[0]["index"], x.shape)
+    xnnpack.allocate_tensors()
+    xnnpack.set_tensor(xnnpack.get_input_details()[0]["index"], q_in)
+    xnnpack.invoke()
+    q_xnn = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"]).astype(np.int32)
+    xnn_diff = int(np.abs(q_xnn - q_ref).max())
+    assert xnn_diff <= XNNPACK_MAX_LSB, f"XNNPACK output {xnn_diff} LSB from the reference kernels"
+
+    # The QAT model, fed exactly the dequantized int8 input, outputs values on the .tflite's
+    # output grid.
+    in_scale, in_zp = detail["quantization"]
+    x_grid = ((q_in.astype(np.float64) - in_zp) * in_scale).astype("float32")
+    out_scale, out_zp = out_detail["quantization"]
+    levels = np.asarray(loaded(x_grid)).astype(np.float64) / out_scale + out_zp
+    off_grid = np.abs(levels - np.round(levels)).max()
+    assert off_grid < 0.01, f"QAT output {off_grid:.3f} LSB off the .tflite output grid"
+    assert levels.min() > -128.5 and levels.max() < 127.5, (levels.min(), levels.max())
+
+    fidelity = tfqat.op_fidelity(loaded, flatbuffer, x[:8])
+    if stats is not None:
+        stats["end_to_end_lsb"].append(float(np.abs(np.round(levels) - q_ref).max()))
+    assert fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
+    if fidelity.unmatched:
+        raise Kind8(str(fidelity))
+    return "exported"
+
+
+def _check(case, outcomes, stats=None):
+    try:
+        outcomes.append(run_case(case, stats))
+    except Kind8:
+        outcomes.append("kind8")
+
+
+def _run_profile(max_examples):
+    outcomes = []
+    stats = {"end_to_end_lsb": []}
+
+    @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), print_blob=True)
+    @given(graph_fuzz.cases())
+    def check(case):
+        try:
+            _check(case, outcomes, stats)
+        except Exception as err:
+            raise AssertionError(f"{type(err).__name__}: {err}\n{graph_fuzz.describe(case)}") \
+                from err
+
+    check()
+    counts = {kind: outcomes.count(kind) for kind in set(outcomes)}
+    print(f"fuzzed {len(outcomes)} graphs: {counts}; end-to-end max "
+          f"{max(stats['end_to_end_lsb'], default=0):.0f} LSB")
+    assert counts.get("exported", 0) >= len(outcomes) // 2, counts
+    if counts.get("kind8"):
+        pytest.xfail(f"issue 14 kind 8: op_fidelity left tensors unmatched in "
+                     f"{counts['kind8']} of {len(outcomes)} graphs")
+
+
+def test_random_graphs_fast_profile():
+    _run_profile(FAST_EXAMPLES)
+
+
+@pytest.mark.slow
+def test_random_graphs_long_profile():
+    _run_profile(LONG_EXAMPLES)
+
+
+def survey(max_examples, log=None):
+    """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
+    outcome "refused", "exported", "kind8" or the failure's first line.
+
+    `python tests/test_fuzz_graphs.py 100` prints the failures grouped by message.
+    """
+    results = []
+
+    @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), phases=["generate"])
+    @given(graph_fuzz.cases())
+    def check(case):
+        outcomes = []
+        try:
+            _check(case, outcomes)
+            results.append((case, outcomes[0]))
+        except Exception as err:  # recorded, not raised: no shrinking in a survey
+            results.append((case, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"))
+        if log is not None:
+            outcome = results[-1][1]
+            print(f"FUZZ {len(results)} {outcome}", file=log, flush=True)
+            if outcome not in ("exported", "refused", "kind8"):
+                print("      " + graph_fuzz.describe(case).replace("\n", "\n      "), file=log,
+                      flush=True)
+
+    check()
+    return results
+
+
+if __name__ == "__main__":
+    import collections
+    import sys
+    import time
+
+    start = time.time()
+    results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr)
+    groups = collections.defaultdict(list)
+    for case, outcome in results:
+        groups[outcome].append(case)
+    for outcome, cases_ in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        print(f"{len(cases_):4d}  {outcome}", file=sys.stderr)
+        if outcome not in ("exported", "refused", "kind8"):
+            print("      e.g. " + graph_fuzz.describe(min(cases_, key=lambda c: len(c.ops)))
+                  .replace("\n", "\n      "), file=sys.stderr)
+    print(f"{len(results)} graphs in {time.time() - start:.0f} s", file=sys.stderr)
