@@ -39,11 +39,12 @@ def test_a_layer_that_differs_from_the_tflite_is_pointed_at(exported):
     assert all(d.max_diff_lsb <= 1.0 + 1e-3 for d in result.diffs[1:])  # no spill-over
 
 
-def test_models_with_several_inputs_are_refused():
-    a, b = keras.Input((4,)), keras.Input((4,))
+def test_inputs_that_do_not_fit_the_model_are_refused_before_running():
+    """Several inputs are compared (tests/test_inputs.py); a wrong count is named."""
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
     qat = tfqat.quantize_model(keras.Model([a, b], keras.layers.Add()([a, b])))
-    with pytest.raises(ValueError, match="one input"):
-        op_fidelity(qat, b"", [np.zeros((1, 4)), np.zeros((1, 4))])
+    with pytest.raises(ValueError, match="2 inputs"):
+        op_fidelity(qat, b"", [np.zeros((1, 4))] * 3)
 
 
 def test_scopes_that_look_like_several_layers_go_to_the_right_one():
