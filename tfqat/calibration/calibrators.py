@@ -461,14 +461,29 @@ def input_batches(model, data, batch_size=32, num_batches=None, what="calibrate"
 # ---- calibrate -----------------------------------------------------------------
 
 def tracked_quantizers(qat_model) -> list:
-    """The ActivationQuantizers of `qat_model` whose range comes from data (not fixed).
+    """The ActivationQuantizers of `qat_model`'s graph whose range comes from data (not fixed).
+
+    Quantizers inside a layer (tfqat.nn.composite) are `inner_tracked_quantizers`.
 
     Example:
       >>> [q.name for q in tracked_quantizers(tfqat.quantize_model(model))][:2]
       ['image_fq', 'conv1_fq']
     """
+    inner = {id(q) for q in inner_tracked_quantizers(qat_model)}
     return [layer for layer in qat_model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None]
+            if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None
+            and id(layer) not in inner]
+
+
+def inner_tracked_quantizers(qat_model) -> list:
+    """The tracked ActivationQuantizers inside layers (not graph nodes) of `qat_model`.
+
+    Example:
+      >>> [q.name for q in inner_tracked_quantizers(qat)][:2]  # a LayerNormalization "ln"
+      ['ln_mean_fq', 'ln_centered_fq']
+    """
+    return [q for layer in qat_model._flatten_layers(include_self=False, recursive=True)
+            for q in getattr(layer, "inner_quantizers", ()) if q.fixed_range is None]
 
 
 def quantizer_input_model(qat_model, quantizers) -> keras.Model:
@@ -529,24 +544,37 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
                          f"{', '.join(METHODS)}.")
     if not isinstance(percentile, numbers.Real) or not 0 < percentile <= 100:
         raise ValueError(f"percentile={percentile!r} must be a number in (0, 100], e.g. 99.99.")
-    quantizers = tracked_quantizers(qat_model)
+    in_graph = tracked_quantizers(qat_model)
+    inner = inner_tracked_quantizers(qat_model)  # they see their inputs as the probe runs
+    quantizers = in_graph + inner
     if not quantizers:
         raise ValueError(f"Model '{qat_model.name}' has no tracked activation quantizers to "
                          "calibrate; pass the model returned by tfqat.quantize_model(model).")
-    probe = quantizer_input_model(qat_model, quantizers)
+    probe = quantizer_input_model(qat_model, in_graph)
     calibrators = [make_calibrator(method, percentile) for _ in quantizers]
     seen = 0
-    with bypass_quantizers(qat_model):
-        for batch in input_batches(qat_model, data, batch_size, num_batches, what="calibrate"):
-            outputs = run_probe(probe, batch)
-            for quantizer, calibrator, value in zip(quantizers, calibrators, outputs):
-                value = np.asarray(value, np.float32)
-                if not np.isfinite(value).all():
-                    raise ValueError(f"calibrate: the input of quantizer '{quantizer.name}' has "
-                                     f"NaN or infinite values on batch {seen}; check the "
-                                     "model's weights and the data.")
-                calibrator.update(value)
-            seen += 1
+
+    def update(quantizer, calibrator, value):
+        value = np.asarray(value, np.float32)
+        if not np.isfinite(value).all():
+            raise ValueError(f"calibrate: the input of quantizer '{quantizer.name}' has "
+                             f"NaN or infinite values on batch {seen}; check the "
+                             "model's weights and the data.")
+        calibrator.update(value)
+
+    for quantizer, calibrator in zip(inner, calibrators[len(in_graph):]):
+        quantizer._observer = lambda value, q=quantizer, c=calibrator: update(q, c, value)
+    try:
+        with bypass_quantizers(qat_model):
+            for batch in input_batches(qat_model, data, batch_size, num_batches,
+                                       what="calibrate"):
+                outputs = run_probe(probe, batch)
+                for quantizer, calibrator, value in zip(in_graph, calibrators, outputs):
+                    update(quantizer, calibrator, value)
+                seen += 1
+    finally:
+        for quantizer in inner:
+            quantizer._observer = None
     if seen == 0:
         raise ValueError("calibrate: data gave no batches; pass at least one batch of inputs.")
     sparse = [q.name for q, c in zip(quantizers, calibrators)

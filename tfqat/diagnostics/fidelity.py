@@ -31,6 +31,7 @@ import numpy as np
 
 from tfqat.diagnostics.evaluation import quantize_input
 from tfqat.export.reader import load_interpreter
+from tfqat.nn.composite import CompositeQuantLayer, replay_inner_tensors
 from tfqat.nn.quantizers import ActivationQuantizer
 
 
@@ -90,6 +91,16 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
              for op in qat_model.operations}
     tensors = _TFLiteTensors(tflite, x, calls)
     diffs, unmatched = [], []
+    # Layers with inner int8 tensors (tfqat.nn.composite) replay the .tflite's inner tensors,
+    # so each inner op and the last one are compared on their own.
+    replays = {}
+    for layer in qat_model.layers:
+        if isinstance(layer, CompositeQuantLayer):
+            inner = tensors.inner_values(layer)
+            if inner is None:
+                unmatched.extend(q.name for q in layer.inner_quantizers)
+            else:
+                replays[layer.name] = {"expected": inner, "computed": None}
     for quantizer in qat_model.layers:
         if not isinstance(quantizer, ActivationQuantizer):
             continue
@@ -109,10 +120,18 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
                 continue
             known = {id(source): value.astype(np.float32) for source, (value, _) in
                      zip(sources, inputs)}
-            actual = np.asarray(_evaluate(output, known))
+            actual = np.asarray(_evaluate(output, known, replays))
             reference, scale = expected
             diff = np.abs(actual.astype(np.float64) - reference) / scale
             diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
+    for layer_name, replay in replays.items():
+        for quantizer_name, (reference, scale) in replay["expected"].items():
+            if replay["computed"] is None or quantizer_name not in replay["computed"]:
+                unmatched.append(quantizer_name)
+                continue
+            actual = replay["computed"][quantizer_name].astype(np.float64)
+            diff = np.abs(actual.reshape(reference.shape) - reference) / scale
+            diffs.append(OpDiff(quantizer_name, float(diff.max()), float(diff.mean())))
     diffs.sort(key=lambda d: -d.max_diff_lsb)
     return OpFidelity(tuple(diffs), tuple(unmatched))
 
@@ -186,25 +205,36 @@ def _scope_owners(tensor_names, calls) -> dict:
     return owners
 
 
-def _evaluate(tensor, known):
+def _evaluate(tensor, known, replays=None):
     """The value of a graph tensor, computed from `known` ({id(tensor): value}) in inference mode.
 
     Walks the model's own nodes; a sub-model (keras.Model(sources, output)) would add nodes
-    to the layers it calls.
+    to the layers it calls. `replays`: {composite layer name: {"expected": {inner quantizer:
+    (value, scale)}, "computed": None}}; such a layer runs on the expected inner values and
+    stores what it computed.
     """
     if id(tensor) not in known:
         operation, node_index, _ = _history(tensor)
         node = operation._inbound_nodes[node_index]
 
         def resolve(value):
-            return _evaluate(value, known) if isinstance(value, keras.KerasTensor) else value
+            return _evaluate(value, known, replays) if isinstance(value, keras.KerasTensor) \
+                else value
 
         args = keras.tree.map_structure(resolve, node.arguments.args)
         kwargs = {key: keras.tree.map_structure(resolve, value)
                   for key, value in node.arguments.kwargs.items() if key not in ("training", "mask")}
         if isinstance(operation, keras.layers.Layer):
             kwargs["training"] = False
-        for output, value in zip(node.outputs, keras.tree.flatten(operation(*args, **kwargs))):
+        replay = (replays or {}).get(getattr(operation, "name", None))
+        if replay is not None:
+            substitutes = {name: value for name, (value, _) in replay["expected"].items()}
+            with replay_inner_tensors(substitutes) as computed:
+                result = operation(*args, **kwargs)
+            replay["computed"] = computed
+        else:
+            result = operation(*args, **kwargs)
+        for output, value in zip(node.outputs, keras.tree.flatten(result)):
             known[id(output)] = value
     return known[id(tensor)]
 
@@ -233,6 +263,25 @@ class _TFLiteTensors:
         for op in self.interpreter._get_ops_details():
             for index in op["outputs"]:
                 self.producer[index] = (op["index"], op["op_name"])
+
+    def inner_values(self, layer):
+        """{inner quantizer name: (dequantized value, scale)} of a composite layer, or None.
+
+        The layer's ops form a chain: the int8 tensors its ops write, in op order, are its
+        inner quantizers' tensors, then its output. None when the count differs.
+        """
+        written = sorted((i for i in (d["index"] for d in self.by_layer.get(layer.name, []))
+                          if i in self.producer and self.producer[i][1] != "QUANTIZE"),
+                         key=lambda i: self.producer[i][0])
+        quantizers = layer.inner_quantizers
+        if len(written) != len(quantizers) + 1:
+            return None
+        values = {}
+        for quantizer, index in zip(quantizers, written):
+            scale, zero_point = self.quantization[index]
+            values[quantizer.name] = (
+                (self.interpreter.get_tensor(index).astype(np.float64) - zero_point) * scale, scale)
+        return values
 
     def value_of(self, keras_tensor, batch):
         """(dequantized value, scale) of the .tflite tensor for a quantizer output or input.

@@ -104,7 +104,8 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
         raise ExportError(
             f"Export to int8 needs at most {EXPORT_MAX_BITS} bits, but these layers use more: "
             f"{', '.join(too_wide)}. Quantize with bits <= {EXPORT_MAX_BITS} for them.")
-    uncalibrated = [l.name for l in quantizers if not l.is_calibrated]
+    inner = [q for l in qat_model.layers for q in getattr(l, "inner_quantizers", ())]
+    uncalibrated = [l.name for l in quantizers + inner if not l.is_calibrated]
     if uncalibrated:
         raise ExportError(
             f"Activation ranges were never observed for: {', '.join(uncalibrated)}. "

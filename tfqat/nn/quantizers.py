@@ -110,6 +110,7 @@ class ActivationQuantizer(keras.layers.Layer):
         self.quant_delay = int(quant_delay)
         self.fixed_range = None if fixed_range is None else tuple(float(v) for v in fixed_range)
         self._bypassed = False  # set only by bypass_quantizers()
+        self._observer = None  # set only by tfqat.calibrate, for quantizers inside a layer
 
     def build(self, input_shape):
         if self.fixed_range is None:
@@ -142,6 +143,8 @@ class ActivationQuantizer(keras.layers.Layer):
         to it (AVERAGE_POOL_2D, RESIZE_BILINEAR). The range is read, not
         tracked, and the training step is not counted again.
         """
+        if self._observer is not None and not tied:
+            self._observer(inputs)
         if self._bypassed:
             return tf.identity(inputs)
         if self.fixed_range is not None:
