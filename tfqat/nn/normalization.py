@@ -4,8 +4,10 @@ Checked with TF 2.21's converter (../shared/DESIGN.md, "Integer-only
 transformer ops"): mean -> x - mean -> d * d -> mean -> + eps -> rsqrt -> d * r
 [-> * gamma] [-> + beta] is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL (MUL, ADD),
 all int8, only when every intermediate tensor has its own fake quant
-(`tf.square` has no int8 kernel; d * d does). rms_scaling drops the mean and
-the subtraction. gamma and beta are constant operands: they are fake-quantized
+(`tf.square` has no int8 kernel; d * d does). LayerNormalization(rms_scaling=True)
+(deprecated in Keras: it divides x, not x - mean, by the standard deviation)
+multiplies x by the rsqrt; RMSNormalization (x * rsqrt(mean(x * x) + eps)) has
+no mean and no subtraction. gamma and beta are constant operands: they are fake-quantized
 per tensor, symmetric, like weights, so the converter takes those scales.
 """
 
@@ -41,6 +43,7 @@ class QuantLayerNormalization(CompositeQuantLayer):
     Args:
       axis: int or list of ints, the normalized axes (as Keras's).
       epsilon, center, scale, rms_scaling: as keras.layers.LayerNormalization.
+      rms_normalization: compute keras.layers.RMSNormalization instead (gamma is its scale).
       weight_bits: bits of gamma and beta (per-tensor, symmetric).
       activation_bits, ema_decay, quant_delay: of the inner fake quants.
     The output's fake quant is the rewrite rule's (a tracked ActivationQuantizer after it).
@@ -53,15 +56,16 @@ class QuantLayerNormalization(CompositeQuantLayer):
     """
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
-                 weight_bits=8, **kwargs):
+                 rms_normalization=False, weight_bits=8, **kwargs):
         super().__init__(**kwargs)
         self.axis = list(axis) if isinstance(axis, (list, tuple)) else [int(axis)]
         self.epsilon = float(epsilon)
         self.rms_scaling = bool(rms_scaling)
-        self.scale = bool(scale) or self.rms_scaling
-        self.center = bool(center) and not self.rms_scaling
+        self.rms_normalization = bool(rms_normalization)
+        self.scale = bool(scale) or self.rms_scaling or self.rms_normalization
+        self.center = bool(center) and not (self.rms_scaling or self.rms_normalization)
         self.weight_bits = int(weight_bits)
-        if not self.rms_scaling:
+        if not self.rms_normalization:
             self._add_inner_quantizer("mean")
             self._add_inner_quantizer("centered")
         for tag in ("squared", "variance", "variance_eps"):
@@ -78,9 +82,6 @@ class QuantLayerNormalization(CompositeQuantLayer):
     def build(self, input_shape):
         rank = len(input_shape)
         self.axis = sorted(a % rank for a in self.axis)
-        if 0 in self.axis:
-            raise ValueError(f"Layer '{self.name}': LayerNormalization over the batch axis "
-                             "cannot be quantized; normalize feature axes only.")
         shape = tuple(input_shape[a] for a in self.axis)
         self._broadcast = [input_shape[a] if a in self.axis else 1 for a in range(1, rank)]
         self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones") \
@@ -101,7 +102,7 @@ class QuantLayerNormalization(CompositeQuantLayer):
     def call(self, inputs, training=None):
         training = bool(training)
         x = inputs
-        if self.rms_scaling:
+        if self.rms_normalization:
             centered = x
         else:
             mean = self._fq("mean", tf.reduce_mean(x, self.axis, keepdims=True), training)
@@ -111,7 +112,8 @@ class QuantLayerNormalization(CompositeQuantLayer):
                             training)
         shifted = self._fq("variance_eps", variance + self.epsilon, training)
         rsqrt = _rsqrt_saturating(shifted) if training else tf.math.rsqrt(shifted)
-        outputs = centered * self._fq("rsqrt", rsqrt, training)
+        scaled_input = x if self.rms_scaling or self.rms_normalization else centered
+        outputs = scaled_input * self._fq("rsqrt", rsqrt, training)
         if self.scale:
             outputs = self._fq("normalized", outputs, training) * self._weight(self.gamma, training)
             if self.center:
@@ -125,9 +127,9 @@ class QuantLayerNormalization(CompositeQuantLayer):
         return outputs
 
     def load_float_weights(self, layer):
-        """Copies gamma and beta from a built keras.layers.LayerNormalization."""
+        """Copies gamma and beta from a built LayerNormalization (scale of an RMSNormalization)."""
         if self.gamma is not None:
-            self.gamma.assign(layer.gamma)
+            self.gamma.assign(layer.scale if self.rms_normalization else layer.gamma)
         if self.beta is not None:
             self.beta.assign(layer.beta)
 
@@ -138,5 +140,5 @@ class QuantLayerNormalization(CompositeQuantLayer):
         config = super().get_config()
         config.update(axis=list(self.axis), epsilon=self.epsilon, center=self.center,
                       scale=self.scale, rms_scaling=self.rms_scaling,
-                      weight_bits=self.weight_bits)
+                      rms_normalization=self.rms_normalization, weight_bits=self.weight_bits)
         return config
