@@ -98,7 +98,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if isinstance(layer, CompositeQuantLayer):
             inner = tensors.inner_values(layer)
             if inner is None:
-                unmatched.extend(q.name for q in layer.inner_quantizers)
+                unmatched.extend(name for _, name in layer.inner_tensors)
             else:
                 replays[layer.name] = {"expected": inner, "computed": None}
     for quantizer in qat_model.layers:
@@ -265,21 +265,22 @@ class _TFLiteTensors:
                 self.producer[index] = (op["index"], op["op_name"])
 
     def inner_values(self, layer):
-        """{inner quantizer name: (dequantized value, scale)} of a composite layer, or None.
+        """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
 
-        The layer's ops form a chain: the int8 tensors its ops write, in op order, are its
-        inner quantizers' tensors, then its output. None when the count differs.
+        Each inner tensor is the last int8 tensor written (not by a QUANTIZE) in the name
+        scope of its tag inside the layer's scope (tfqat.nn.composite). None when one of them
+        is missing.
         """
-        written = sorted((i for i in (d["index"] for d in self.by_layer.get(layer.name, []))
-                          if i in self.producer and self.producer[i][1] != "QUANTIZE"),
-                         key=lambda i: self.producer[i][0])
-        quantizers = layer.inner_quantizers
-        if len(written) != len(quantizers) + 1:
-            return None
+        in_scope = [d for d in self.by_layer.get(layer.name, [])
+                    if d["index"] in self.producer and self.producer[d["index"]][1] != "QUANTIZE"]
         values = {}
-        for quantizer, index in zip(quantizers, written):
+        for tag, name in layer.inner_tensors:
+            found = [d["index"] for d in in_scope if tag in d["name"].split(";")[0].split("/")[:-1]]
+            if not found:
+                return None
+            index = max(found, key=lambda i: self.producer[i][0])
             scale, zero_point = self.quantization[index]
-            values[quantizer.name] = (
+            values[name] = (
                 (self.interpreter.get_tensor(index).astype(np.float64) - zero_point) * scale, scale)
         return values
 

@@ -50,7 +50,7 @@ class CompositeQuantLayer(keras.layers.Layer):
     """Base of layers with inner int8 tensors: each is fake-quantized by a sublayer.
 
     Subclasses create their quantizers with `_add_inner_quantizer(tag)` in
-    `__init__` and call `self._fq(tag, x, training)` on each inner tensor.
+    `__init__` and compute each inner tensor with `self._inner(tag, compute, training)`.
     """
 
     def __init__(self, activation_bits=8, ema_decay=0.999, quant_delay=0, **kwargs):
@@ -59,6 +59,7 @@ class CompositeQuantLayer(keras.layers.Layer):
         self.ema_decay = float(ema_decay)
         self.quant_delay = int(quant_delay)
         self._inner_tags = []
+        self._tied_tags = []
 
     def _add_inner_quantizer(self, tag, fixed_range=None, cls=ActivationQuantizer):
         quantizer = cls(bits=self.activation_bits, ema_decay=self.ema_decay,
@@ -73,15 +74,40 @@ class CompositeQuantLayer(keras.layers.Layer):
         """The inner ActivationQuantizers, in the order the layer applies them."""
         return [getattr(self, f"_{tag}_fq") for tag in self._inner_tags]
 
+    @property
+    def inner_tensors(self) -> list:
+        """(name scope tag, name) of each inner int8 tensor, tied ones included.
+
+        A tied tensor (rounded to another inner quantizer's scale) has its own
+        name, f"{layer}_{tag}_fq", for op-by-op reports; its quantizer is the other one's.
+        """
+        return [(tag, f"{self.name}_{tag}_fq") for tag in self._inner_tags + self._tied_tags]
+
+    def _add_tied_tensor(self, tag):
+        self._tied_tags.append(tag)
+
     def _build_inner_quantizers(self):
         # Built here, not on first call, so that loading a saved model finds their variables.
         for quantizer in self.inner_quantizers:
             if not quantizer.built:
                 quantizer.build(())
 
-    def _fq(self, tag, x, training):
-        quantizer = getattr(self, f"_{tag}_fq")
-        out = quantizer(x, training=training)
+    def _inner(self, tag, compute, training, tied_to=None):
+        """Fake-quantizes `compute()`, whose ops are made in name scope `tag`.
+
+        The scope names the .tflite tensor (op_fidelity finds it by it). tied_to: the tag of
+        another inner quantizer whose range (and scale) this tensor shares.
+        """
+        with tf.name_scope(tag):
+            return self._fq(tag, compute(), training, tied_to)
+
+    def _fq(self, tag, x, training, tied_to=None):
+        if tied_to is None:
+            quantizer = getattr(self, f"_{tag}_fq")
+            out = quantizer(x, training=training)
+        else:
+            quantizer = _Tied(getattr(self, f"_{tied_to}_fq"), f"{self.name}_{tag}_fq")
+            out = quantizer.quantizer(x, training=training, tied=True)
         if _REPLAY:
             substitutes, computed = _REPLAY[-1]
             computed[quantizer.name] = np.asarray(out)
@@ -94,6 +120,11 @@ class CompositeQuantLayer(keras.layers.Layer):
         config.update(activation_bits=self.activation_bits, ema_decay=self.ema_decay,
                       quant_delay=self.quant_delay)
         return config
+
+
+class _Tied:
+    def __init__(self, quantizer, name):
+        self.quantizer, self.name = quantizer, name
 
 
 @contextlib.contextmanager

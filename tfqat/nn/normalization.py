@@ -101,27 +101,29 @@ class QuantLayerNormalization(CompositeQuantLayer):
 
     def call(self, inputs, training=None):
         training = bool(training)
-        x = inputs
+        x, axes = inputs, self.axis
+        inner = lambda tag, compute: self._inner(tag, compute, training)
         if self.rms_normalization:
             centered = x
         else:
-            mean = self._fq("mean", tf.reduce_mean(x, self.axis, keepdims=True), training)
-            centered = self._fq("centered", x - mean, training)
-        squared = self._fq("squared", centered * centered, training)
-        variance = self._fq("variance", tf.reduce_mean(squared, self.axis, keepdims=True),
-                            training)
-        shifted = self._fq("variance_eps", variance + self.epsilon, training)
-        rsqrt = _rsqrt_saturating(shifted) if training else tf.math.rsqrt(shifted)
+            mean = inner("mean", lambda: tf.reduce_mean(x, axes, keepdims=True))
+            centered = inner("centered", lambda: x - mean)
+        squared = inner("squared", lambda: centered * centered)
+        variance = inner("variance", lambda: tf.reduce_mean(squared, axes, keepdims=True))
+        shifted = inner("variance_eps", lambda: variance + self.epsilon)
+        rsqrt = inner("rsqrt", lambda: _rsqrt_saturating(shifted) if training
+                      else tf.math.rsqrt(shifted))
         scaled_input = x if self.rms_scaling or self.rms_normalization else centered
-        outputs = scaled_input * self._fq("rsqrt", rsqrt, training)
+        product = lambda: scaled_input * rsqrt
         if self.scale:
-            outputs = self._fq("normalized", outputs, training) * self._weight(self.gamma, training)
-            if self.center:
-                outputs = self._fq("scaled", outputs, training)
-        elif self.center:
-            outputs = self._fq("normalized", outputs, training)
+            gamma = self._weight(self.gamma, training)
+            normalized = inner("normalized", product)
+            product = lambda: normalized * gamma
         if self.center:
+            outputs = inner("scaled" if self.scale else "normalized", product)
             outputs = outputs + self._weight(self.beta, training)
+        else:
+            outputs = product()
         if training:
             self.step.assign_add(1)
         return outputs
