@@ -59,7 +59,7 @@ class CompositeQuantLayer(keras.layers.Layer):
         self.ema_decay = float(ema_decay)
         self.quant_delay = int(quant_delay)
         self._inner_tags = []
-        self._tied_tags = []
+        self._used_tags = set()
 
     def _add_inner_quantizer(self, tag, fixed_range=None, cls=ActivationQuantizer):
         quantizer = cls(bits=self.activation_bits, ema_decay=self.ema_decay,
@@ -69,22 +69,20 @@ class CompositeQuantLayer(keras.layers.Layer):
         self._inner_tags.append(tag)
         return quantizer
 
+    def _tags_in_use(self):
+        # A quantizer that the layer's calls never apply (a causal mask's, in a call without
+        # one) is left out: it never sees data.
+        return [tag for tag in self._inner_tags if not self._used_tags or tag in self._used_tags]
+
     @property
     def inner_quantizers(self) -> list:
-        """The inner ActivationQuantizers, in the order the layer applies them."""
-        return [getattr(self, f"_{tag}_fq") for tag in self._inner_tags]
+        """The inner ActivationQuantizers that the layer applies, in their order."""
+        return [getattr(self, f"_{tag}_fq") for tag in self._tags_in_use()]
 
     @property
     def inner_tensors(self) -> list:
-        """(name scope tag, name) of each inner int8 tensor, tied ones included.
-
-        A tied tensor (rounded to another inner quantizer's scale) has its own
-        name, f"{layer}_{tag}_fq", for op-by-op reports; its quantizer is the other one's.
-        """
-        return [(tag, f"{self.name}_{tag}_fq") for tag in self._inner_tags + self._tied_tags]
-
-    def _add_tied_tensor(self, tag):
-        self._tied_tags.append(tag)
+        """(name scope tag, quantizer name) of each inner int8 tensor."""
+        return [(tag, getattr(self, f"_{tag}_fq").name) for tag in self._tags_in_use()]
 
     def _build_inner_quantizers(self):
         # Built here, not on first call, so that loading a saved model finds their variables.
@@ -92,22 +90,18 @@ class CompositeQuantLayer(keras.layers.Layer):
             if not quantizer.built:
                 quantizer.build(())
 
-    def _inner(self, tag, compute, training, tied_to=None):
+    def _inner(self, tag, compute, training):
         """Fake-quantizes `compute()`, whose ops are made in name scope `tag`.
 
-        The scope names the .tflite tensor (op_fidelity finds it by it). tied_to: the tag of
-        another inner quantizer whose range (and scale) this tensor shares.
+        The scope names the .tflite tensor (op_fidelity finds it by it).
         """
         with tf.name_scope(tag):
-            return self._fq(tag, compute(), training, tied_to)
+            return self._fq(tag, compute(), training)
 
-    def _fq(self, tag, x, training, tied_to=None):
-        if tied_to is None:
-            quantizer = getattr(self, f"_{tag}_fq")
-            out = quantizer(x, training=training)
-        else:
-            quantizer = _Tied(getattr(self, f"_{tied_to}_fq"), f"{self.name}_{tag}_fq")
-            out = quantizer.quantizer(x, training=training, tied=True)
+    def _fq(self, tag, x, training):
+        self._used_tags.add(tag)
+        quantizer = getattr(self, f"_{tag}_fq")
+        out = quantizer(x, training=training)
         if _REPLAY:
             substitutes, computed = _REPLAY[-1]
             computed[quantizer.name] = np.asarray(out)
@@ -120,11 +114,6 @@ class CompositeQuantLayer(keras.layers.Layer):
         config.update(activation_bits=self.activation_bits, ema_decay=self.ema_decay,
                       quant_delay=self.quant_delay)
         return config
-
-
-class _Tied:
-    def __init__(self, quantizer, name):
-        self.quantizer, self.name = quantizer, name
 
 
 @contextlib.contextmanager
