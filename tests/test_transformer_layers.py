@@ -46,7 +46,23 @@ def rms_norm(inp):
     return head(L.RMSNormalization(name="ln")(L.Dense(8, name="proj")(inp)))
 
 
+def attention(cross=False, **call_kwargs):
+    def build(inp):
+        x = L.Dense(8, name="proj")(inp)
+        settings = dict(num_heads=2, key_dim=4)
+        if cross:  # a shorter value sequence and its own key
+            settings = dict(num_heads=3, key_dim=2, value_dim=3, output_shape=6, use_bias=False)
+            value = L.MaxPooling1D(2, name="pool")(L.Dense(5, name="value_proj")(inp))
+            key = L.Dense(7, name="key_proj")(value)
+            x = L.MultiHeadAttention(**settings, name="mha")(x, value, key, **call_kwargs)
+        else:
+            x = L.MultiHeadAttention(**settings, name="mha")(x, x, **call_kwargs)
+        return head(x)
+    return build
+
+
 SEQUENCE, IMAGE = (6, 4), (4, 5, 3)
+MHA_OPS = {"FULLY_CONNECTED": 4, "TRANSPOSE": 4, "BATCH_MATMUL": 2, "SOFTMAX": 1}
 LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
 # name: (builder, input shape, TFLite ops that must appear)
 CASES = {
@@ -62,6 +78,11 @@ CASES = {
     "rms_normalization": (rms_norm, SEQUENCE, {"MEAN": 1, "MUL": 3, "ADD": 1, "RSQRT": 1}),
     "layer_norm_axes": (layer_norm(axis=[1, 2]), IMAGE, LN_OPS),
     "layer_norm_middle_axis": (layer_norm(axis=-2), IMAGE, LN_OPS),
+    "attention": (attention(), SEQUENCE, MHA_OPS),
+    "attention_causal": (attention(use_causal_mask=True), SEQUENCE, {**MHA_OPS, "ADD": 1}),
+    "attention_cross": (attention(cross=True), SEQUENCE, MHA_OPS),
+    "attention_cross_causal": (attention(cross=True, use_causal_mask=True), SEQUENCE,
+                               {**MHA_OPS, "ADD": 1}),
 }
 
 
@@ -112,7 +133,7 @@ def test_layer_exports_integer_only_and_matches_op_by_op(name):
 
 
 @pytest.mark.parametrize("name", ["layer_norm", "layer_norm_rms_scaling", "rms_normalization",
-                                  "layer_norm_axes"])
+                                  "layer_norm_axes", "attention_causal", "attention_cross_causal"])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
     model = float_model(name)
     x = inputs(name, 16)
@@ -128,8 +149,8 @@ def test_export_refuses_uncalibrated_inner_quantizers():
         tfqat.export_tflite(qat)
 
 
-def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path):
-    name = "layer_norm"
+@pytest.mark.parametrize("name, layer", [("layer_norm", "ln"), ("attention_causal", "mha")])
+def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 64)
     y = np.random.default_rng(2).integers(0, 5, 64)
@@ -137,16 +158,18 @@ def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path):
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    ln = qat.get_layer("ln")
+    composite = qat.get_layer(layer)
     assert all(int(q.step.numpy()) == 8 and q.current_range()[1] > 0
-               for q in ln.inner_quantizers)
+               for q in composite.inner_quantizers)
     path = tmp_path / "qat.keras"
     qat.save(path)
     loaded = keras.models.load_model(path)
-    for q, q_loaded in zip(ln.inner_quantizers, loaded.get_layer("ln").inner_quantizers):
+    loaded_inner = loaded.get_layer(layer).inner_quantizers
+    assert len(loaded_inner) == len(composite.inner_quantizers)
+    for q, q_loaded in zip(composite.inner_quantizers, loaded_inner):
         assert q.name == q_loaded.name and q.current_range() == q_loaded.current_range()
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-    check_export(loaded, x, LN_OPS)
+    check_export(loaded, x, CASES[name][2])
 
 
 def test_constant_rows_saturate_rsqrt_like_the_tflite():
@@ -164,3 +187,52 @@ def test_constant_rows_saturate_rsqrt_like_the_tflite():
     assert np.isfinite(qat.get_layer("ln")._rsqrt_fq.current_range()).all()
     assert all(np.isfinite(w).all() for w in qat.get_weights())
     check_export(qat, x, LN_OPS)
+
+
+def test_causal_mask_gives_masked_positions_no_weight_in_the_tflite():
+    # Changing the later positions must not change the earlier positions' int8 outputs.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 4), name="x")
+    x = L.Dense(8, name="proj")(inp)
+    out = L.MultiHeadAttention(2, 4, name="mha")(x, x, use_causal_mask=True)
+    qat = tfqat.quantize_model(keras.Model(inp, out))
+    x = np.random.default_rng(1).normal(0, 1, (32, 6, 4)).astype("float32")
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    changed = x.copy()
+    changed[:, 3:] = np.random.default_rng(5).normal(0, 3, changed[:, 3:].shape)
+    outputs = [run_tflite(flatbuffer, v) for v in (x, changed)]
+    np.testing.assert_array_equal(outputs[0][:, :3], outputs[1][:, :3])
+    assert np.abs(outputs[0][:, 3:].astype(int) - outputs[1][:, 3:]).max() > 0
+
+
+def run_tflite(flatbuffer, x):
+    from tfqat.diagnostics.evaluation import quantize_input
+    from tfqat.export.reader import load_interpreter
+
+    interpreter = load_interpreter(flatbuffer)
+    (detail,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], quantize_input(x, detail))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(use_gate=True), "use_gate"),
+    (dict(attention_axes=(1, 2)), "attention_axes"),
+])
+def test_unsupported_attention_settings_are_refused_with_the_layer_name(kwargs, message):
+    inp = keras.Input((4, 5, 8), name="x")
+    out = L.MultiHeadAttention(2, 4, name="odd_mha", **kwargs)(inp, inp)
+    with pytest.raises(ValueError, match=f"odd_mha.*{message}"):
+        tfqat.quantize_model(keras.Model(inp, head(out)))
+
+
+def test_attention_mask_input_is_refused_with_the_layer_name():
+    inp = keras.Input((6, 8), name="x")
+    mask = keras.Input((6, 6), name="mask")
+    out = L.MultiHeadAttention(2, 4, name="masked_mha")(inp, inp, attention_mask=mask)
+    with pytest.raises(ValueError, match="masked_mha.*attention_mask"):
+        tfqat.quantize_model(keras.Model([inp, mask], head(out)))

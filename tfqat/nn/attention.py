@@ -142,9 +142,6 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
             self.step.assign_add(1)
         return outputs
 
-    def compute_output_shape(self, query_shape, value_shape, key_shape=None, **kwargs):
-        return (*query_shape[:-1], self.output_dim or query_shape[-1])
-
     def load_float_weights(self, mha):
         """Copies the projections of a built keras.layers.MultiHeadAttention."""
         dense = {"query": mha._query_dense, "key": mha._key_dense, "value": mha._value_dense,

@@ -71,7 +71,8 @@ class CompositeQuantLayer(keras.layers.Layer):
 
     def _tags_in_use(self):
         # A quantizer that the layer's calls never apply (a causal mask's, in a call without
-        # one) is left out: it never sees data.
+        # one) is left out: it never sees data. Keras traces `call` when the layer is called
+        # on KerasTensors (subclasses must not define compute_output_shape, which skips it).
         return [tag for tag in self._inner_tags if not self._used_tags or tag in self._used_tags]
 
     @property

@@ -313,7 +313,9 @@ def _wide_merge_message(node) -> str:
 
 # Nodes that a rule's pattern would match but that have no int8 form: (predicate, message).
 _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
-             (rules_lib.merges_more_than_two, _wide_merge_message))
+             (rules_lib.merges_more_than_two, _wide_merge_message),
+             (rules_lib.attention.uses_unsupported_attention_call,
+              rules_lib.attention.unsupported_attention_call_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.
