@@ -103,11 +103,11 @@ def composite_layers(qat):
     return [layer for layer in qat.layers if isinstance(layer, CompositeQuantLayer)]
 
 
-def check_export(qat, x, expected_ops):
+def check_export(qat, x, expected_ops, input_dtype="int8"):
     flatbuffer = tfqat.export_tflite(qat)
     report = tfqat.inspect_tflite(flatbuffer)
     assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
+    assert [t.dtype for t in report.inputs + report.outputs] == [input_dtype, "int8"]
     for op, count in expected_ops.items():
         assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
     assert report.op_histogram.get("QUANTIZE", 0) == 0, dict(report.op_histogram)
@@ -236,3 +236,59 @@ def test_attention_mask_input_is_refused_with_the_layer_name():
     out = L.MultiHeadAttention(2, 4, name="masked_mha")(inp, inp, attention_mask=mask)
     with pytest.raises(ValueError, match="masked_mha.*attention_mask"):
         tfqat.quantize_model(keras.Model([inp, mask], head(out)))
+
+
+def encoder_block(x, name, causal=False):
+    """Pre-LN transformer block: LN -> MHA -> residual, LN -> Dense(gelu) -> Dense -> residual."""
+    y = L.LayerNormalization(name=f"{name}_ln1")(x)
+    y = L.MultiHeadAttention(2, 4, name=f"{name}_mha")(y, y, use_causal_mask=causal)
+    x = L.Add(name=f"{name}_res1")([x, y])
+    y = L.LayerNormalization(name=f"{name}_ln2")(x)
+    y = L.Dense(16, activation="gelu", name=f"{name}_mlp1")(y)
+    y = L.Dense(x.shape[-1], name=f"{name}_mlp2")(y)
+    return L.Add(name=f"{name}_res2")([x, y])
+
+
+def text_block_model(causal):
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    x = L.Embedding(20, 8, name="tokens")(ids)
+    x = encoder_block(x, "block", causal)
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling1D(name="pool")(x))
+    return randomize_affine(keras.Model(ids, out))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_embedding_and_encoder_block_export_integer_only_with_int32_token_ids(causal):
+    model = text_block_model(causal)
+    ids = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
+    qat = tfqat.quantize_model(model)
+    assert isinstance(qat.get_layer("tokens"), tfqat.QuantEmbedding)
+    tfqat.calibrate(qat, ids)
+    ops = {"GATHER": 1, "GELU": 1, "RSQRT": 2, "SOFTMAX": 1, "BATCH_MATMUL": 2, "ADD": 2}
+    flatbuffer = check_export(qat, ids, ops, input_dtype="int32")
+    report = tfqat.inspect_tflite(flatbuffer)
+    (gather,) = [op for op in report.ops if op.name == "GATHER"]
+    table = gather.inputs[0]
+    assert table.dtype == "int8" and table.scales.size == 1 and int(table.zero_points[0]) == 0
+    comparison = compare_to_model(qat, flatbuffer, ids)
+    assert comparison.agreement >= 0.9, comparison
+
+
+def test_embedding_table_is_exported_as_the_qat_models_int8_table():
+    qat = tfqat.quantize_model(text_block_model(False))
+    ids = np.arange(20, dtype="int32").reshape(-1, 1).repeat(6, axis=1)[:, :6]
+    tfqat.calibrate(qat, ids)
+    layer = qat.get_layer("tokens")
+    table = layer.quantized_table().numpy()
+    bound = np.abs(layer.embeddings.numpy()).max()
+    np.testing.assert_allclose(table * 127 / bound, np.round(table * 127 / bound), atol=1e-4)
+    np.testing.assert_array_equal(layer(ids).numpy()[:, 0], table[ids[:, 0]])
+
+
+def test_embedding_mask_zero_is_refused_with_the_layer_name():
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    x = L.Embedding(20, 8, mask_zero=True, name="padded_tokens")(ids)
+    model = keras.Model(ids, L.Dense(3)(L.GlobalAveragePooling1D()(x)))
+    with pytest.raises(ValueError, match="padded_tokens.*mask_zero"):
+        tfqat.quantize_model(model)

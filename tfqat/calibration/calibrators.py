@@ -469,7 +469,9 @@ def tracked_quantizers(qat_model) -> list:
       >>> [q.name for q in tracked_quantizers(tfqat.quantize_model(model))][:2]
       ['image_fq', 'conv1_fq']
     """
-    inner = {id(q) for q in inner_tracked_quantizers(qat_model)}
+    inner = {id(q) for layer in qat_model._flatten_layers(include_self=False, recursive=True)
+             if hasattr(layer, "inner_quantizers")
+             for q in layer._flatten_layers(include_self=False, recursive=True)}
     return [layer for layer in qat_model._flatten_layers(include_self=False, recursive=True)
             if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None
             and id(layer) not in inner]

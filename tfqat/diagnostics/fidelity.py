@@ -118,8 +118,8 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
             if expected is None or any(value is None for value in inputs):
                 unmatched.append(name)
                 continue
-            known = {id(source): value.astype(np.float32) for source, (value, _) in
-                     zip(sources, inputs)}
+            known = {id(source): value if value.dtype.kind in "iu" else value.astype(np.float32)
+                     for source, (value, _) in zip(sources, inputs)}
             actual = np.asarray(_evaluate(output, known, replays))
             reference, scale = expected
             diff = np.abs(actual.astype(np.float64) - reference) / scale
@@ -250,6 +250,7 @@ class _TFLiteTensors:
         self.interpreter.set_tensor(detail["index"], quantize_input(x, detail))
         self.interpreter.invoke()
         self.input_index = detail["index"]
+        self.input_dtype = np.dtype(detail["dtype"])
         self.details = [d for d in self.interpreter.get_tensor_details() if d["dtype"] == np.int8]
         owners = _scope_owners([d["name"] for d in self.interpreter.get_tensor_details()], calls)
         self.by_layer = {}  # layer name -> int8 tensors named first in its scope
@@ -307,6 +308,9 @@ class _TFLiteTensors:
                 return None
             # Several ops of one layer (a decomposed activation): its last op writes the output.
             index = max(found, key=lambda i: self.producer.get(i, (-1, ""))[0])
+        if index == self.input_index and index not in self.quantization and \
+                self.input_dtype.kind in "iu":
+            return self.interpreter.get_tensor(index), 1.0  # token ids, as they are
         if index not in self.quantization:  # a float input: nothing to compare in LSBs
             return None
         scale, zero_point = self.quantization[index]

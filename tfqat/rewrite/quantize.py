@@ -277,7 +277,12 @@ class _Rebuilder:
         self.scale_source[tid] = quantizer
 
     def _quantized_value(self, tid, config_name):
-        """The fake-quantized value of tensor `tid`, adding one fake quant if needed."""
+        """The fake-quantized value of tensor `tid`, adding one fake quant if needed.
+
+        Integer tensors (token ids) stay as they are: the .tflite keeps them int32.
+        """
+        if tid not in self.quantized and "int" in str(self.values[tid].dtype):
+            return self.values[tid]
         if tid not in self.quantized:
             self._add_quantizer(tid, self.config.for_layer(config_name), name=config_name)
         return self.values[tid]
