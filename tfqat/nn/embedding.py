@@ -60,3 +60,74 @@ class QuantEmbedding(keras.layers.Layer):
         config.update(input_dim=self.input_dim, output_dim=self.output_dim,
                       weight_bits=self.weight_bits, quant_delay=self.quant_delay)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class PositionEmbedding(keras.layers.Layer):
+    """A float layer that adds a learned vector per position: x + table, x (batch, length, dim).
+
+    Keras has no such layer (ViTs add a learned position table); this one is a
+    plain float layer that quantize_model turns into QuantPositionEmbedding.
+
+    Example:
+      >>> PositionEmbedding()(tf.zeros([2, 5, 8])).shape
+      TensorShape([2, 5, 8])
+    """
+
+    def __init__(self, initializer="random_normal", **kwargs):
+        super().__init__(**kwargs)
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        self.table = self.add_weight(name="table", shape=tuple(input_shape[1:]),
+                                     initializer=self.initializer)
+
+    def call(self, inputs):
+        return inputs + self.table
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initializer=keras.initializers.serialize(self.initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantPositionEmbedding(keras.layers.Layer):
+    """PositionEmbedding as an int8 ADD of a per-tensor symmetric int8 table.
+
+    Example:
+      >>> QuantPositionEmbedding()(tf.zeros([2, 5, 8])).shape
+      TensorShape([2, 5, 8])
+    """
+
+    def __init__(self, weight_bits=8, quant_delay=0, **kwargs):
+        super().__init__(**kwargs)
+        self.weight_bits = int(weight_bits)
+        self.quant_delay = int(quant_delay)
+
+    def build(self, input_shape):
+        self.table = self.add_weight(name="table", shape=tuple(input_shape[1:]),
+                                     initializer="zeros")
+        self.step = self.add_weight(name="step", shape=(), dtype="int64", initializer="zeros",
+                                    trainable=False, aggregation="only_first_replica")
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        table = tf.convert_to_tensor(self.table)
+        quantize = lambda: fake_quant_weights(table, self.weight_bits, per_channel=False)
+        table = quantize() if not training else pass_through_during_delay(
+            self.step.value, self.quant_delay, table, quantize)
+        if training:
+            self.step.assign_add(1)
+        return inputs + table
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight_bits=self.weight_bits, quant_delay=self.quant_delay)
+        return config

@@ -15,7 +15,7 @@ import keras
 
 from tfqat.nn.activations import QuantActivation
 from tfqat.nn.composite import CompositeQuantLayer
-from tfqat.nn.embedding import QuantEmbedding
+from tfqat.nn.embedding import QuantEmbedding, QuantPositionEmbedding
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.rules import (activations, attention, embedding, linear, merges,
@@ -54,6 +54,6 @@ def runs_quantized(layer, rules=RULES) -> bool:
     """
     if isinstance(layer, (FusedQuantLayer, ActivationQuantizer, QuantActivation,
                           CompositeQuantLayer, QuantEmbedding,
-                          keras.layers.InputLayer)):
+                          QuantPositionEmbedding, keras.layers.InputLayer)):
         return True
     return any(rule.keeps_layers and rule.pattern[0].matches(layer) for rule in rules)

@@ -1,11 +1,11 @@
-"""Rules for Embedding: an int8 GATHER (tfqat.nn.embedding.QuantEmbedding)."""
+"""Rules for Embedding (an int8 GATHER) and PositionEmbedding (an int8 ADD of a table)."""
 
 from __future__ import annotations
 
 import keras
 
-from tfqat.nn.embedding import QuantEmbedding
-from tfqat.rewrite.rules.base import SCALE_PRESERVING, Replacement, RewriteRule, Step
+from tfqat.nn.embedding import PositionEmbedding, QuantEmbedding, QuantPositionEmbedding
+from tfqat.rewrite.rules.base import SCALE_PRESERVING, TRACKED, Replacement, RewriteRule, Step
 
 
 def is_embedding(layer) -> bool:
@@ -38,6 +38,21 @@ def build_embedding(match, cfg) -> Replacement:
                        lambda: layer.embeddings.assign(embedding.embeddings))
 
 
+def is_position_embedding(layer) -> bool:
+    """tfqat.nn.embedding.PositionEmbedding (exact class)."""
+    return type(layer) is PositionEmbedding
+
+
+def build_position_embedding(match, cfg) -> Replacement:
+    """x + table as an int8 ADD of an int8 table, then a tracked fake quant."""
+    position = match["position"]
+    layer = QuantPositionEmbedding(weight_bits=cfg.weight_bits, quant_delay=cfg.quant_delay,
+                                   name=position.name)
+    return Replacement([layer], TRACKED, lambda: layer.table.assign(position.table))
+
+
 RULES = (
     RewriteRule("embedding", (Step("embedding", is_embedding),), build_embedding),
+    RewriteRule("position_embedding", (Step("position", is_position_embedding),),
+                build_position_embedding),
 )
