@@ -292,3 +292,39 @@ def test_embedding_mask_zero_is_refused_with_the_layer_name():
     model = keras.Model(ids, L.Dense(3)(L.GlobalAveragePooling1D()(x)))
     with pytest.raises(ValueError, match="padded_tokens.*mask_zero"):
         tfqat.quantize_model(model)
+
+
+INFERENCE_ONLY = [
+    lambda: L.RandomFlip(seed=1), lambda: L.RandomRotation(0.1, seed=1),
+    lambda: L.RandomZoom(0.1, seed=1), lambda: L.RandomTranslation(0.1, 0.1, seed=1),
+    lambda: L.RandomContrast(0.2, seed=1), lambda: L.GaussianNoise(0.5, seed=1),
+    lambda: L.GaussianDropout(0.3, seed=1), lambda: L.AlphaDropout(0.3, seed=1),
+    lambda: L.SpatialDropout2D(0.3, seed=1), lambda: L.ActivityRegularization(l1=0.01),
+]
+
+
+def test_training_only_layers_act_in_fit_and_are_dropped_from_the_export():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="x")
+    x = inp
+    for make in INFERENCE_ONLY:
+        x = make()(x)
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(x)
+    x = L.SpatialDropout2D(0.2, name="drop")(x)
+    model = keras.Model(inp, head(x))
+    qat = tfqat.quantize_model(model)
+    kept = {type(layer) for layer in qat.layers}
+    assert {type(make()) for make in INFERENCE_ONLY} <= kept
+    x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    # They act in training: two training-mode calls differ, inference calls do not.
+    first, second = (qat(x[:4], training=True).numpy() for _ in range(2))
+    assert np.abs(first - second).max() > 0
+    np.testing.assert_array_equal(qat(x[:4], training=False).numpy(), qat.predict(x[:4], verbose=0))
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert set(report.op_histogram) <= {"CONV_2D", "RESHAPE", "FULLY_CONNECTED"}, \
+        dict(report.op_histogram)
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
