@@ -328,3 +328,20 @@ def test_training_only_layers_act_in_fit_and_are_dropped_from_the_export():
         dict(report.op_histogram)
     op_by_op = op_fidelity(qat, flatbuffer, x[:8])
     assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_softmax_over_another_axis_is_int8_transpose_softmax_transpose(axis):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="x")
+    y = L.Softmax(axis=axis, name="softmax")(L.Conv2D(4, 1, name="conv")(inp))
+    qat = tfqat.quantize_model(keras.Model(inp, head(y)))
+    assert qat.get_layer("softmax_fq").fixed_range == tfqat.nn.quantizers.FIXED_RANGES["softmax"]
+    x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only and report.op_histogram["SOFTMAX"] == 1, str(report)
+    assert report.op_histogram["TRANSPOSE"] == 2, dict(report.op_histogram)
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
