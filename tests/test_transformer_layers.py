@@ -120,7 +120,17 @@ def check_export(qat, x, expected_ops, input_dtype="int8"):
     return flatbuffer
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# The fast suite runs these; the other variants run in the slow suite (each ~20 s).
+FAST_CASES = ("layer_norm", "layer_norm_axes", "rms_normalization", "attention_causal",
+              "attention_cross")
+
+
+def fast_or_slow(names):
+    return [name if name in FAST_CASES else pytest.param(name, marks=pytest.mark.slow)
+            for name in names]
+
+
+@pytest.mark.parametrize("name", fast_or_slow(sorted(CASES)))
 def test_layer_exports_integer_only_and_matches_op_by_op(name):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name)
@@ -132,8 +142,10 @@ def test_layer_exports_integer_only_and_matches_op_by_op(name):
     assert comparison.agreement >= 0.9, comparison
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "layer_norm_rms_scaling", "rms_normalization",
-                                  "layer_norm_axes", "attention_causal", "attention_cross_causal"])
+@pytest.mark.parametrize("name", ["layer_norm", "attention_cross_causal", *(
+    pytest.param(name, marks=pytest.mark.slow)
+    for name in ("layer_norm_rms_scaling", "rms_normalization", "layer_norm_axes",
+                 "attention_causal"))])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
     model = float_model(name)
     x = inputs(name, 16)
@@ -258,7 +270,7 @@ def text_block_model(causal):
     return randomize_affine(keras.Model(ids, out))
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_embedding_and_encoder_block_export_integer_only_with_int32_token_ids(causal):
     model = text_block_model(causal)
     ids = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
