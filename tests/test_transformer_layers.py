@@ -357,3 +357,27 @@ def test_softmax_over_another_axis_is_int8_transpose_softmax_transpose(axis):
     assert report.op_histogram["TRANSPOSE"] == 2, dict(report.op_histogram)
     op_by_op = op_fidelity(qat, flatbuffer, x[:8])
     assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_grouped_conv_with_a_group_per_channel_is_an_int8_depthwise_conv(multiplier):
+    # ConvNeXt: Conv2D(C, 7, groups=C) -> LayerNormalization.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="x")
+    x = L.Conv2D(3 * multiplier, 3, padding="same", groups=3, name="grouped")(inp)
+    model = randomize_affine(keras.Model(inp, head(L.LayerNormalization(name="ln")(x))))
+    x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 3)).astype("float32")
+    qat = tfqat.quantize_model(model)
+    assert isinstance(qat.get_layer("grouped"), tfqat.QuantDepthwiseConv2D)
+    q16 = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
+    tfqat.calibrate(q16, x)
+    np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-2)
+    tfqat.calibrate(qat, x)
+    check_export(qat, x, {"DEPTHWISE_CONV_2D": 1, **LN_OPS})
+
+
+def test_general_grouped_conv_is_refused_with_the_layer_name():
+    inp = keras.Input((6, 6, 4), name="x")
+    model = keras.Model(inp, head(L.Conv2D(4, 3, groups=2, name="two_groups")(inp)))
+    with pytest.raises(ValueError, match="two_groups.*groups=2"):
+        tfqat.quantize_model(model)
