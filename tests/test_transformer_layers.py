@@ -381,3 +381,29 @@ def test_general_grouped_conv_is_refused_with_the_layer_name():
     model = keras.Model(inp, head(L.Conv2D(4, 3, groups=2, name="two_groups")(inp)))
     with pytest.raises(ValueError, match="two_groups.*groups=2"):
         tfqat.quantize_model(model)
+
+
+def test_convnext_block_with_layer_scale_exports_integer_only():
+    # ConvNeXt's block: depthwise Conv2D(groups=C) -> LayerNormalization -> Dense(4C, gelu) ->
+    # Dense(C) -> LayerScale -> residual Add.
+    from keras.src.applications.convnext import LayerScale
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4), name="x")
+    x = L.Conv2D(4, 3, padding="same", groups=4, name="dw")(inp)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln")(x)
+    x = L.Dense(16, activation="gelu", name="pw1")(x)
+    x = L.Dense(4, name="pw2")(x)
+    x = LayerScale(0.5, 4, name="layer_scale")(x)
+    x = L.Add(name="res")([inp, x])
+    model = randomize_affine(keras.Model(inp, head(x)))
+    model.get_layer("layer_scale").gamma.assign(np.linspace(0.2, 0.8, 4).astype("float32"))
+    qat = tfqat.quantize_model(model)
+    assert isinstance(qat.get_layer("layer_scale"), tfqat.QuantRescaling)
+    assert qat.get_layer("layer_scale").trainable
+    x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 4)).astype("float32")
+    q16 = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
+    tfqat.calibrate(q16, x)
+    np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-2)
+    tfqat.calibrate(qat, x)
+    check_export(qat, x, {"DEPTHWISE_CONV_2D": 2, "GELU": 1, **LN_OPS})
