@@ -279,9 +279,9 @@ class _Rebuilder:
     def _quantized_value(self, tid, config_name):
         """The fake-quantized value of tensor `tid`, adding one fake quant if needed.
 
-        Integer tensors (token ids) stay as they are: the .tflite keeps them int32.
+        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32.
         """
-        if tid not in self.quantized and "int" in str(self.values[tid].dtype):
+        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64"):
             return self.values[tid]
         if tid not in self.quantized:
             self._add_quantizer(tid, self.config.for_layer(config_name), name=config_name)
