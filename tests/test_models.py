@@ -82,3 +82,59 @@ def test_zoo_models_quantize_and_export_integer_only(name, alpha):
     tfqat.calibrate(qat, x, method="minmax")
     report = tfqat.inspect_tflite(tfqat.export_tflite(qat))
     assert report.integer_only, str(report)
+
+
+def _fit_briefly(qat, x, num_classes):
+    # A few real training steps: gamma and beta of the LayerNormalizations leave exactly 1 and
+    # 0 (which the converter would drop as identity MUL/ADD, see tfqat/nn/normalization.py).
+    y = np.random.default_rng(2).integers(0, num_classes, len(x))
+    qat.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    history = qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+TRANSFORMER_SIZES = {  # tiny (fast suite), and the default sizes (slow)
+    "vit_tiny": dict(dim=16, depth=1),
+    "text_transformer": dict(dim=16, depth=1),
+}
+
+
+@pytest.mark.parametrize("name, full", [
+    ("vit_tiny", False), ("text_transformer", False),
+    pytest.param("vit_tiny", True, marks=pytest.mark.slow),
+    pytest.param("text_transformer", True, marks=pytest.mark.slow),
+])
+def test_transformer_models_export_integer_only_and_match_op_by_op(name, full):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    sizes = {} if full else TRANSFORMER_SIZES[name]
+    if name == "vit_tiny":
+        shape = (32, 32, 3) if full else (8, 8, 1)
+        model = models.vit_tiny(shape, num_classes=4, **sizes)
+        x = rng.uniform(0, 1, (32, *shape)).astype("float32")
+        input_dtype = "int8"
+    else:
+        length = 32 if full else 8
+        model = models.text_transformer(length, vocab_size=50, num_classes=4, **sizes)
+        x = rng.integers(0, 50, (32, length)).astype("int32")
+        input_dtype = "int32"
+    counts = layer_counts(model)
+    assert counts["MultiHeadAttention"] >= 1 and counts["LayerNormalization"] >= 3
+    if not full:  # trained-like gamma/beta without the cost of fit (the slow case trains)
+        rng_affine = np.random.default_rng(4)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.LayerNormalization):
+                layer.gamma.assign(rng_affine.uniform(0.7, 1.3, layer.gamma.shape))
+                layer.beta.assign(rng_affine.normal(0, 0.1, layer.beta.shape))
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, x)
+    if full:
+        _fit_briefly(qat, x, 4)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == [input_dtype, "int8"]
+    for op in ("BATCH_MATMUL", "SOFTMAX", "RSQRT", "GELU", "FULLY_CONNECTED"):
+        assert report.op_histogram[op] >= 1, (op, dict(report.op_histogram))
+    op_by_op = tfqat.op_fidelity(qat, flatbuffer, x[:8])
+    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)

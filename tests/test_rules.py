@@ -32,7 +32,8 @@ def built(layer, shape):
     (keras.layers.Activation("sigmoid"), "sigmoid"),
     (keras.layers.Activation("linear"), "linear"),
     (keras.layers.Softmax(), "softmax"),
-    (keras.layers.Softmax(axis=1), None),
+    (keras.layers.Softmax(axis=1), "softmax"),  # int8 TRANSPOSE, SOFTMAX, TRANSPOSE
+    (keras.layers.Softmax(axis=[1, 2]), None),
     (keras.layers.Dense(2), None),
 ])
 def test_activation_kind(layer, kind):
@@ -43,7 +44,9 @@ def test_rule_table_order_and_names():
     assert [r.name for r in rules.RULES] == [
         "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "concatenate", "merge_relu",
         "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
-        "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op"]
+        "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op", "layer_normalization",
+        "multi_head_attention", "embedding", "position_embedding", "inference_identity",
+        "layer_scale"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
     assert [s.optional for s in fused.pattern] == [False, True, True]

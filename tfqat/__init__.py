@@ -18,6 +18,10 @@ from tfqat.export.reader import TFLiteReport, inspect_tflite
 from tfqat.nn.layers import (FusedQuantLayer, QuantBatchNormalization, QuantConv1D, QuantConv2D,
                           QuantConv2DTranspose, QuantDense, QuantDepthwiseConv2D, QuantRescaling)
 from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
+from tfqat.nn.attention import QuantMultiHeadAttention
+from tfqat.nn.composite import CompositeQuantLayer
+from tfqat.nn.embedding import QuantEmbedding
+from tfqat.nn.normalization import QuantLayerNormalization
 from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
 from tfqat.rewrite.record import QATModel, QuantizationRecord, record_of
 from tfqat.rewrite.registry import QuantizeSpec, QuantRegistry, QuantWrapper, WeightQuant
@@ -27,10 +31,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LayerReport", "TFLiteDiff", "bypass_quantizers", "calibrate", "compare_tflite", "layer_report",
-    "ActivationQuantizer", "ExportError", "FusedQuantLayer", "GraphError", "LayerQuantConfig",
+    "ActivationQuantizer", "CompositeQuantLayer", "ExportError", "FusedQuantLayer", "GraphError", "LayerQuantConfig",
     "NotIntegerOnlyError", "OpFidelity", "QuantActivation", "QuantBatchNormalization",
     "QuantConfig", "QuantConv1D", "QuantConv2D", "QuantConv2DTranspose", "QuantDense",
-    "QuantDepthwiseConv2D", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
+    "QuantDepthwiseConv2D", "QuantEmbedding", "QuantLayerNormalization",
+    "QuantMultiHeadAttention", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
     "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
     "OutputQuant", "QATModel", "QuantRegistry", "QuantWrapper", "QuantizationRecord",
     "QuantizeSpec", "Replacement", "RewriteRule", "Step", "WeightQuant", "record_of",

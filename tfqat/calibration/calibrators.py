@@ -439,7 +439,7 @@ def calibrate(qat_model, data, method: str = "minmax", num_batches=None, batch_s
                          f"{', '.join(METHODS)}.")
     if not isinstance(percentile, numbers.Real) or not 0 < percentile <= 100:
         raise ValueError(f"percentile={percentile!r} must be a number in (0, 100], e.g. 99.99.")
-    quantizers = tracked_quantizers(qat_model)
+    quantizers = tracked_quantizers(qat_model)  # quantizers inside layers included
     if not quantizers:
         raise ValueError(f"Model '{qat_model.name}' has no tracked activation quantizers to "
                          "calibrate; pass the model returned by tfqat.quantize_model(model).")

@@ -37,6 +37,7 @@ from tfqat.inputs import check_inputs
 from tfqat.export.reader import quantize, read_dequantized, read_tflite, tensor_details
 from tfqat.rewrite import graph
 from tfqat.rewrite.record import record_of
+from tfqat.nn.composite import CompositeQuantLayer, replay_inner_tensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
     tensors = _TFLiteTensors(tflite, inputs, calls)
     quantizer_calls = []  # (name, quantizer, call input, call output)
+    unmatched_inner = []
     for entry in record_of(qat_model).quantizers:
         if entry.owner is not None:
             continue  # inside a layer: checked as part of that layer's output
@@ -105,6 +107,31 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
             name = quantizer.name if call == 0 else f"{quantizer.name} (call {call + 1})"
             quantizer_calls.append((name, quantizer, call_input, output))
     located = tensors.locate(quantizer_calls, count)  # id(output) -> index | None | AMBIGUOUS
+    # Layers with inner int8 tensors (tfqat.nn.composite) replay the .tflite's inner tensors,
+    # so each inner op and the last one are compared on their own.
+    replays = {}
+    for layer in qat_model.layers:
+        if isinstance(layer, CompositeQuantLayer):
+            inner = tensors.inner_values(layer)
+            if inner is None:
+                unmatched_inner.extend(name for _, name in layer.inner_tensors)
+            else:
+                replays[layer.name] = {"expected": inner, "computed": None}
+
+    def replaying(operation, args, kwargs):
+        replay = replays.get(getattr(operation, "name", None))
+        if replay is None:
+            return operation(*args, **kwargs)
+        substitutes = {name: value for name, (value, _) in replay["expected"].items()}
+        with replay_inner_tensors(substitutes) as computed:
+            result = operation(*args, **kwargs)
+        replay["computed"] = computed
+        return result
+
+    def source_index(tensor):
+        if graph.is_model_input(tensor):  # token ids: an int32 input without a quantizer
+            return tensors.input_index[graph.producer_of(tensor).name]
+        return located[id(tensor)]
 
     def is_source(tensor):
         if graph.is_model_input(tensor):
@@ -117,7 +144,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if located[id(output)] not in (None, AMBIGUOUS):
             _mark_passed(output, located, covered)
 
-    diffs, unmatched, fused = [], [], []
+    diffs, unmatched, fused = [], list(unmatched_inner), []
     for name, quantizer, call_input, output in quantizer_calls:
         if graph.is_model_input(call_input):
             continue  # the .tflite's input is this tensor: nothing computes it
@@ -131,11 +158,19 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if index == AMBIGUOUS or any(located.get(id(t)) == AMBIGUOUS for t in sources):
             unmatched.append(name)
             continue
-        known = {id(t): tensors.value(located[id(t)], t, count)[0] for t in sources}
-        actual = np.asarray(graph.evaluate(output, known))
+        known = {id(t): tensors.value(source_index(t), t, count)[0] for t in sources}
+        actual = np.asarray(graph.evaluate(output, known, call=replaying))
         reference, scale = tensors.value(index, output, count)
         diff = np.abs(actual.astype(np.float64) - reference) / scale
         diffs.append(OpDiff(name, float(diff.max()), float(diff.mean())))
+    for replay in replays.values():
+        for quantizer_name, (reference, scale) in replay["expected"].items():
+            if replay["computed"] is None or quantizer_name not in replay["computed"]:
+                unmatched.append(quantizer_name)
+                continue
+            actual = replay["computed"][quantizer_name].astype(np.float64)
+            diff = np.abs(actual.reshape(reference.shape) - reference) / scale
+            diffs.append(OpDiff(quantizer_name, float(diff.max()), float(diff.mean())))
     diffs.sort(key=lambda d: -d.max_diff_lsb)
     return OpFidelity(tuple(diffs), tuple(unmatched), tuple(fused))
 
@@ -226,6 +261,25 @@ class _TFLiteTensors:
         # tensor index -> (index, name) of the op that writes it
         self.producer = {index: (op.index, op.name) for index, op in model.producers.items()}
 
+    def inner_values(self, layer):
+        """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
+
+        Each inner tensor is the last int8 tensor written (not by a QUANTIZE) in the name
+        scope of its tag inside the layer's scope (tfqat.nn.composite). None when one of them
+        is missing.
+        """
+        in_scope = [t for t in self.by_layer.get(layer.name, [])
+                    if t.index in self.producer and self.producer[t.index][1] != "QUANTIZE"]
+        values = {}
+        for tag, name in layer.inner_tensors:
+            found = [t.index for t in in_scope if tag in t.name.split(";")[0].split("/")[:-1]]
+            if not found:
+                return None
+            index = max(found, key=lambda i: self.producer[i][0])
+            values[name] = (read_dequantized(self.interpreter, self.int8[index]),
+                            self.int8[index].scale)
+        return values
+
     def locate(self, quantizer_calls, batch) -> dict:
         """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}."""
         by_quantization = {}
@@ -270,6 +324,8 @@ class _TFLiteTensors:
 
     def value(self, index, keras_tensor, batch):
         """(dequantized value, scale) of .tflite tensor `index`, shaped like `keras_tensor`."""
+        if index not in self.int8:  # an integer input (token ids), as it is
+            return self.interpreter.get_tensor(index), 1.0
         tensor = self.int8[index]
         value = read_dequantized(self.interpreter, tensor)
         return value.reshape((batch, *keras_tensor.shape[1:])).astype(np.float32), tensor.scale

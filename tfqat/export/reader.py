@@ -213,7 +213,9 @@ class TFLiteReport:
 
     @property
     def integer_only(self) -> bool:
-        io_int8 = all(t.dtype == "int8" for t in self.inputs + self.outputs)
+        # Token-id inputs (an Embedding's GATHER indices) stay int32.
+        io_int8 = all(t.dtype == "int8" for t in self.outputs) and \
+            all(t.dtype in ("int8", "int32") for t in self.inputs)
         return io_int8 and not self.float_ops
 
     def __str__(self) -> str:

@@ -12,7 +12,7 @@ from tfqat.files import atomic_write_bytes
 from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, add_metadata, inspect_tflite
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
-from tfqat.rewrite.record import record_of
+from tfqat.rewrite.record import find_quantizer, record_of
 
 
 class ExportError(ValueError):
@@ -79,14 +79,16 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
     Example:
       >>> check_exportable(tfqat.quantize_model(model))  # raises: never calibrated
     """
-    quantizers = [l for l in qat_model.layers if isinstance(l, ActivationQuantizer)]
     fused = [l for l in qat_model.layers if isinstance(l, FusedQuantLayer)]
-    if not quantizers and not fused:
+    if not any(isinstance(l, ActivationQuantizer) for l in qat_model.layers) and not fused:
         raise ExportError(
             f"Model '{qat_model.name}' has no tfqat quantizers: it is a float model. "
             "Run tfqat.quantize_model(model), train or calibrate it, then export.")
+    record = record_of(qat_model)
+    # Every quantizer the record lists, those inside layers (composite layers) included.
+    quantizers = [find_quantizer(qat_model, entry) for entry in record.quantizers]
     float_layers = [f"{name} ({type(qat_model.get_layer(name)).__name__})"
-                    for name in record_of(qat_model).float_layers]
+                    for name in record.float_layers]
     if float_layers and not allow_float_ops:
         raise ExportError(
             f"These layers are float in model '{qat_model.name}' (excluded, or not quantized): "

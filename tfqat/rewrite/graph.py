@@ -263,25 +263,26 @@ def source_tensors(tensor, is_source, stop=True) -> list:
     return sources
 
 
-def evaluate(tensor, known):
+def evaluate(tensor, known, call=None):
     """The value of a graph tensor, computed from `known` ({id(tensor): value}) in inference mode.
 
     Walks the model's own nodes; a sub-model (keras.Model(sources, output)) would add nodes
-    to the layers it calls.
+    to the layers it calls. `call(operation, args, kwargs)`, if given, runs each operation.
     """
     if id(tensor) not in known:
         operation = producer_of(tensor)
         node = _call_node(tensor)
 
         def resolve(value):
-            return evaluate(value, known) if isinstance(value, keras.KerasTensor) else value
+            return evaluate(value, known, call) if isinstance(value, keras.KerasTensor) else value
 
         args = tree.map_structure(resolve, node.arguments.args)
         kwargs = {key: tree.map_structure(resolve, value)
                   for key, value in node.arguments.kwargs.items() if key not in ("training", "mask")}
         if isinstance(operation, keras.layers.Layer):
             kwargs["training"] = False
-        for output, value in zip(node.outputs, tree.flatten(operation(*args, **kwargs))):
+        result = call(operation, args, kwargs) if call else operation(*args, **kwargs)
+        for output, value in zip(node.outputs, tree.flatten(result)):
             known[id(output)] = value
     return known[id(tensor)]
 
@@ -322,3 +323,9 @@ def untied_call(layer):
         if not node.arguments.kwargs.get("tied", False):
             return node.input_tensors[0], node.output_tensors[0]
     raise ValueError(f"Layer '{layer.name}' has no untied call.")
+
+
+def defined_in_keras(layer, package: str) -> bool:
+    """Whether `layer`'s class is Keras's own, from its (private) `package`, e.g.
+    "applications" for keras.applications' internal layers (ConvNeXt's LayerScale)."""
+    return type(layer).__module__.startswith(f"keras.src.{package}")

@@ -352,7 +352,12 @@ class _Rebuilder:
         return producer.float_name if len(producer.outputs) == 1 else None
 
     def _quantized_value(self, tid, config_name):
-        """The fake-quantized value of tensor `tid`, adding one fake quant if needed."""
+        """The fake-quantized value of tensor `tid`, adding one fake quant if needed.
+
+        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32.
+        """
+        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64"):
+            return self.values[tid]
         if tid not in self.quantized:
             quantizer = self._add_quantizer(tid, self.config.for_layer(config_name),
                                             name=config_name)
@@ -392,7 +397,9 @@ def _wide_merge_message(node) -> str:
 
 # Nodes that a rule's pattern would match but that have no int8 form: (predicate, message).
 _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
-             (rules_lib.merges_more_than_two, _wide_merge_message))
+             (rules_lib.merges_more_than_two, _wide_merge_message),
+             (rules_lib.attention.uses_unsupported_attention_call,
+              rules_lib.attention.unsupported_attention_call_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.

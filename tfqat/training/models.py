@@ -144,8 +144,75 @@ def mobilenet_v2(input_shape=(32, 32, 3), num_classes=10, alpha=1.0) -> keras.Mo
                                           classes=num_classes)
 
 
+def encoder_block(x, num_heads, mlp_dim, name, causal=False):
+    """A pre-LN transformer encoder block: LN -> MultiHeadAttention -> residual add,
+    LN -> Dense(gelu) -> Dense -> residual add."""
+    dim = x.shape[-1]
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(x)
+    y = layers.MultiHeadAttention(num_heads, dim // num_heads, name=f"{name}_mha")(
+        y, y, use_causal_mask=causal)
+    x = layers.Add(name=f"{name}_res1")([x, y])
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
+    y = layers.Dense(mlp_dim, activation="gelu", name=f"{name}_mlp1")(y)
+    y = layers.Dense(dim, name=f"{name}_mlp2")(y)
+    return layers.Add(name=f"{name}_res2")([x, y])
+
+
+def vit_tiny(input_shape=(32, 32, 3), num_classes=10, dim=32, depth=4, num_heads=2,
+             patch_size=None) -> keras.Model:
+    """A small Vision Transformer: strided-conv patch embedding, learned position embedding,
+    `depth` pre-LN encoder blocks (MHA + GELU MLP), final LN, mean pooling, softmax Dense.
+
+    Patches are 4x4 (2x2 for inputs under 16 pixels). Every layer quantizes to int8.
+
+    Example:
+      >>> model = vit_tiny()
+      >>> model.output_shape, model.get_layer("patches").strides
+      ((None, 10), (4, 4))
+    """
+    from tfqat.nn.embedding import PositionEmbedding
+
+    patch = patch_size or (4 if min(input_shape[:2]) >= 16 else 2)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(dim, patch, strides=patch, name="patches")(inputs)
+    x = layers.Reshape((-1, dim), name="tokens")(x)
+    x = PositionEmbedding(name="positions")(x)
+    for index in range(depth):
+        x = encoder_block(x, num_heads, 2 * dim, name=f"block{index + 1}")
+    x = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="logits")(x)
+    return keras.Model(inputs, outputs, name="vit_tiny")
+
+
+def text_transformer(sequence_length=32, vocab_size=1000, num_classes=2, dim=32, depth=2,
+                     num_heads=2, causal=False) -> keras.Model:
+    """A small text classifier: token Embedding, learned position embedding, `depth` pre-LN
+    encoder blocks, final LN, mean pooling, softmax Dense. Input: int32 token ids.
+
+    Example:
+      >>> model = text_transformer(16, vocab_size=100)
+      >>> model.input.dtype, model.output_shape
+      ('int32', (None, 2))
+    """
+    from tfqat.nn.embedding import PositionEmbedding
+
+    inputs = keras.Input(shape=(sequence_length,), dtype="int32", name="tokens")
+    x = layers.Embedding(vocab_size, dim, name="embedding")(inputs)
+    x = PositionEmbedding(name="positions")(x)
+    for index in range(depth):
+        x = encoder_block(x, num_heads, 2 * dim, name=f"block{index + 1}", causal=causal)
+    x = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="logits")(x)
+    return keras.Model(inputs, outputs, name="text_transformer")
+
+
 MODELS = {"lenet5": lenet5, "small_resnet": small_resnet, "convnet_bn": convnet_bn,
-          "resnet8": resnet8, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2}
+          "resnet8": resnet8, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2,
+          "vit_tiny": vit_tiny}
+# Models on token sequences: not in MODELS, as tfqat-train's datasets are images.
+SEQUENCE_MODELS = {"text_transformer": text_transformer}
 WIDTH_SCALED = ("mobilenet_v1", "mobilenet_v2")
 MIN_SIZE = 32  # keras.applications' MobileNets need at least 32x32 RGB inputs
 

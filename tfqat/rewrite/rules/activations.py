@@ -35,7 +35,10 @@ def activation_kind(layer) -> str | None:
     if type(layer) is keras.layers.ELU:
         return "elu" if float(layer.alpha) == 1.0 else None  # see tfqat.nn.activations
     if type(layer) is keras.layers.Softmax:
-        return "softmax" if layer.axis in (-1, [-1]) else None
+        # One axis, any position: TF runs a softmax over another axis as TRANSPOSE, SOFTMAX,
+        # TRANSPOSE, all int8 (the transposes keep SOFTMAX's fixed output scale).
+        axis = layer.axis
+        return "softmax" if isinstance(axis, int) or len(axis) == 1 else None
     if type(layer) is keras.layers.Activation:
         name = keras.activations.serialize(layer.activation)
         return name if isinstance(name, str) else None

@@ -71,11 +71,37 @@ def _fused_settings(layer, bn, relu, cfg, per_channel=None):
     )
 
 
+def _is_depthwise_as_grouped(layer) -> bool:
+    """A Conv2D with one group per input channel (ConvNeXt's depthwise convolution)."""
+    groups = getattr(layer, "groups", 1)
+    return type(layer) is keras.layers.Conv2D and groups > 1 and \
+        layer.kernel.shape[-2] == 1 and layer.filters % groups == 0
+
+
 def _groups_check(layer):
     groups = getattr(layer, "groups", 1)
-    if groups != 1:
+    if groups != 1 and not _is_depthwise_as_grouped(layer):
         raise ValueError(f"{type(layer).__name__} '{layer.name}' has groups={groups}; tfqat "
-                         "quantizes groups=1 only. Exclude the layer.")
+                         "quantizes groups=1 and Conv2D with one group per input channel (a "
+                         "depthwise convolution) only. Exclude the layer, or write it as "
+                         "DepthwiseConv2D or as separate convolutions per group.")
+
+
+def _depthwise_from_grouped(linear, bn, common) -> Replacement:
+    # Conv2D(groups=C) output channel g * m + j reads input channel g with kernel[..., 0, g*m+j]:
+    # DepthwiseConv2D(depth_multiplier=m)'s channel order, so the kernel is a reshape.
+    multiplier = linear.filters // linear.groups
+    fused = qlayers.QuantDepthwiseConv2D(
+        linear.kernel_size, strides=linear.strides, padding=linear.padding,
+        depth_multiplier=multiplier, dilation_rate=linear.dilation_rate, **common)
+
+    def load():
+        fused.load_float_weights(None, bn)
+        fused.kernel.assign(keras.ops.reshape(linear.kernel, fused.kernel.shape))
+        if fused.bias is not None:
+            fused.bias.assign(linear.bias)
+
+    return Replacement([fused], TRACKED, load)
 
 
 def build_fused_linear(match, cfg) -> Replacement:
@@ -99,6 +125,8 @@ def build_fused_linear(match, cfg) -> Replacement:
                        clone_layer(relu)]
         return Replacement(layers, TRACKED, lambda: fused.load_float_weights(linear, bn))
     common = _fused_settings(linear, bn, relu, cfg)
+    if _is_depthwise_as_grouped(linear):
+        return _depthwise_from_grouped(linear, bn, common)
     if kind is keras.layers.Conv2D:
         fused = qlayers.QuantConv2D(
             linear.filters, linear.kernel_size, strides=linear.strides, padding=linear.padding,

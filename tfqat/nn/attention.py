@@ -1,0 +1,159 @@
+"""MultiHeadAttention as the int8 ops TFLite runs it.
+
+Checked with TF 2.21's converter (../shared/DESIGN.md, "Integer-only
+transformer ops"): the q/k/v and output projections are matmuls with per-tensor
+weights (int8 FULLY_CONNECTED; per-channel weights hit the converter's
+"mismatched quantized axes" error), the head split is RESHAPE + TRANSPOSE
+(scale-preserving), q k^T and p v are int8 BATCH_MATMUL when each output has
+its own fake quant, and softmax with the fixed [0, 255/256] range is int8
+SOFTMAX. Keras scales the projected query by 1/sqrt(key_dim); here that factor
+is folded into the query kernel and bias (exact in float, and per-tensor
+symmetric quantization scales with it), which saves a MUL and a rounding.
+
+A causal mask is an additive constant: 0 where attention is allowed and
+-(span + MASK_MARGIN) where not, span being the scores' int8 range
+(range_max - range_min, read from the scores quantizer: a constant in the
+exported model). Every masked score then lies MASK_MARGIN below the lowest
+score any row can have, so its softmax weight is below exp(-MASK_MARGIN) even
+in a row whose allowed scores are all at the range minimum; int8 SOFTMAX
+rounds it to 0. Rounding a masked score to the scores' own scale (saturating
+at its minimum) would not do: a row of low allowed scores would attend to
+masked positions. The masked sum has its own tracked fake quant (a span of
+about 2 * span + MASK_MARGIN: one bit less resolution than the scores).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfqat.nn.composite import CompositeQuantLayer
+from tfqat.nn.quantizers import FIXED_RANGES, fake_quant_weights, pass_through_during_delay
+
+MASK_MARGIN = 10.0  # exp(-10) < 1 / 2**15: far below int8 SOFTMAX's last level, 1/256
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantMultiHeadAttention(CompositeQuantLayer):
+    """Multi-head dot-product attention with a fake quant on each int8 tensor.
+
+    Called like keras.layers.MultiHeadAttention: `layer(query, value, key=None,
+    use_causal_mask=False)`, inputs (batch, length, features). The output's
+    fake quant is the rewrite rule's.
+
+    Args:
+      num_heads, key_dim, value_dim, use_bias, dropout: as keras.layers.MultiHeadAttention.
+      output_dim: the output features (None: the query's).
+      weight_bits: bits of the per-tensor symmetric projection weights.
+      activation_bits, ema_decay, quant_delay: of the inner fake quants.
+
+    Example:
+      >>> mha = QuantMultiHeadAttention(num_heads=2, key_dim=4, name="mha")
+      >>> x = tf.random.normal([2, 5, 8])
+      >>> mha(x, x, training=True).shape
+      TensorShape([2, 5, 8])
+    """
+
+    def __init__(self, num_heads, key_dim, value_dim=None, use_bias=True, output_dim=None,
+                 dropout=0.0, weight_bits=8, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim or key_dim)
+        self.use_bias = bool(use_bias)
+        self.output_dim = None if output_dim is None else int(output_dim)
+        self.dropout = float(dropout)
+        self.weight_bits = int(weight_bits)
+        for tag in ("query", "key", "value", "scores", "masked"):
+            self._add_inner_quantizer(tag)
+        self._add_inner_quantizer("probs", fixed_range=FIXED_RANGES["softmax"])
+        self._add_inner_quantizer("context")
+        self._dropout_layer = keras.layers.Dropout(self.dropout)
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        key_shape = value_shape if key_shape is None else key_shape
+        heads = self.num_heads
+        out_dim = self.output_dim or query_shape[-1]
+        shapes = {"query": (query_shape[-1], heads * self.key_dim),
+                  "key": (key_shape[-1], heads * self.key_dim),
+                  "value": (value_shape[-1], heads * self.value_dim),
+                  "output": (heads * self.value_dim, out_dim)}
+        self.kernels, self.biases = {}, {}
+        for name, shape in shapes.items():
+            self.kernels[name] = self.add_weight(name=f"{name}_kernel", shape=shape,
+                                                 initializer="glorot_uniform")
+            self.biases[name] = self.add_weight(name=f"{name}_bias", shape=(shape[1],),
+                                                initializer="zeros") if self.use_bias else None
+        self.step = self.add_weight(name="step", shape=(), dtype="int64", initializer="zeros",
+                                    trainable=False, aggregation="only_first_replica")
+        self._build_inner_quantizers()
+
+    def _project(self, name, x, training, factor=1.0):
+        kernel = tf.convert_to_tensor(self.kernels[name]) * factor
+        quantize = lambda: fake_quant_weights(kernel, self.weight_bits, per_channel=False)
+        kernel = quantize() if not training else pass_through_during_delay(
+            self.step.value, self.quant_delay, kernel, quantize)
+        out = tf.matmul(x, kernel)
+        if self.biases[name] is not None:
+            out = out + tf.convert_to_tensor(self.biases[name]) * factor
+        return out
+
+    def _split_heads(self, x, dim):
+        # (B, T, H * dim) -> (B, H, T, dim): RESHAPE and TRANSPOSE keep the int8 scale.
+        x = tf.reshape(x, [-1, x.shape[1], self.num_heads, dim])
+        return tf.transpose(x, [0, 2, 1, 3])
+
+    def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
+             training=None, use_causal_mask=False):
+        if attention_mask is not None or return_attention_scores:
+            what = "attention_mask" if attention_mask is not None else "return_attention_scores"
+            raise ValueError(
+                f"MultiHeadAttention '{self.name}' is called with {what}; tfqat quantizes "
+                "attention with use_causal_mask=True or no mask, returning the output only. "
+                f"Use use_causal_mask, or leave the layer in float with "
+                f"QuantConfig(exclude=('{self.name}',)).")
+        training = bool(training)
+        key = value if key is None else key
+        inner = lambda tag, compute, **kw: self._inner(tag, compute, training, **kw)
+        scale = 1.0 / np.sqrt(self.key_dim)
+        q = inner("query", lambda: self._project("query", query, training, scale))
+        k = inner("key", lambda: self._project("key", key, training))
+        v = inner("value", lambda: self._project("value", value, training))
+        q = self._split_heads(q, self.key_dim)
+        k = self._split_heads(k, self.key_dim)
+        v = self._split_heads(v, self.value_dim)
+        scores = inner("scores", lambda: tf.matmul(q, k, transpose_b=True))
+        if use_causal_mask:
+            steps_q, steps_k = query.shape[1], key.shape[1]
+            allowed = np.tril(np.ones((steps_q, steps_k), bool))  # as Keras: key j <= query i
+            scores_fq = self._scores_fq
+            span = tf.stop_gradient(scores_fq.range_max - scores_fq.range_min) + MASK_MARGIN
+            penalty = tf.constant(np.where(allowed, 0.0, -1.0).astype("float32")) * span
+            scores = inner("masked", lambda: scores + penalty)
+        probs = inner("probs", lambda: tf.nn.softmax(scores, axis=-1))
+        if training and self.dropout:
+            probs = self._dropout_layer(probs, training=True)
+        context = inner("context", lambda: tf.matmul(probs, v))
+        context = tf.transpose(context, [0, 2, 1, 3])
+        context = tf.reshape(context, [-1, context.shape[1], self.num_heads * self.value_dim])
+        outputs = self._project("output", context, training)
+        if training:
+            self.step.assign_add(1)
+        return outputs
+
+    def load_float_weights(self, mha):
+        """Copies the projections of a built keras.layers.MultiHeadAttention."""
+        dense = {"query": mha._query_dense, "key": mha._key_dense, "value": mha._value_dense,
+                 "output": mha._output_dense}
+        for name, layer in dense.items():
+            self.kernels[name].assign(np.reshape(layer.kernel.numpy(), self.kernels[name].shape))
+            if self.biases[name] is not None:
+                self.biases[name].assign(np.reshape(layer.bias.numpy(), self.biases[name].shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
+                      use_bias=self.use_bias, output_dim=self.output_dim, dropout=self.dropout,
+                      weight_bits=self.weight_bits)
+        return config

@@ -1,0 +1,83 @@
+"""Rules for attention: MultiHeadAttention as int8 FULLY_CONNECTED, BATCH_MATMUL and SOFTMAX
+(tfqat.nn.attention.QuantMultiHeadAttention)."""
+
+from __future__ import annotations
+
+import keras
+
+from tfqat.nn.attention import QuantMultiHeadAttention
+from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step
+
+
+def is_multi_head_attention(layer) -> bool:
+    """MultiHeadAttention (exact class)."""
+    return type(layer) is keras.layers.MultiHeadAttention
+
+
+def uses_unsupported_attention_call(node) -> bool:
+    """Whether a graph node calls MultiHeadAttention with an attention_mask tensor or
+    return_attention_scores=True (tfqat quantizes causal or unmasked attention only).
+
+    Example:
+      >>> x, mask = keras.Input((6, 8)), keras.Input((6, 6))
+      >>> model = keras.Model([x, mask], keras.layers.MultiHeadAttention(2, 4)(x, x, attention_mask=mask))
+      >>> uses_unsupported_attention_call(tfqat.rewrite.graph.flatten_model(model).nodes[0])
+      True
+    """
+    return is_multi_head_attention(node.layer) and (
+        node.kwargs.get("attention_mask") is not None
+        or bool(node.kwargs.get("return_attention_scores", False)))
+
+
+def unsupported_attention_call_message(node) -> str:
+    name = node.layer.name
+    what = "an attention_mask tensor" if node.kwargs.get("attention_mask") is not None \
+        else "return_attention_scores=True"
+    return (f"Cannot quantize MultiHeadAttention '{name}': it is called with {what}. tfqat "
+            "quantizes unmasked attention and use_causal_mask=True (an int8 constant mask), "
+            "returning the output only. Use use_causal_mask, or leave the layer in float with "
+            f"QuantConfig(exclude=('{name}',)).")
+
+
+def _attention_settings_check(mha):
+    problems = []
+    if mha._use_gate:
+        problems.append("use_gate=True")
+    if mha._sliding_window is not None:
+        problems.append(f"sliding_window={mha._sliding_window}")
+    if mha._attention_axes not in (None, (1,), [1]):
+        problems.append(f"attention_axes={mha._attention_axes}")
+    if mha._output_shape is not None and len(mha._output_shape) != 1:
+        problems.append(f"output_shape={mha._output_shape}")
+    if problems:
+        raise ValueError(
+            f"MultiHeadAttention '{mha.name}' uses {', '.join(problems)}; tfqat quantizes "
+            "attention over the sequence axis of (batch, length, features) inputs, with a "
+            "single output dimension and no gate or sliding window. Leave it in float with "
+            f"QuantConfig(exclude=('{mha.name}',)), or rebuild it without these settings.")
+
+
+def build_multi_head_attention(match, cfg) -> Replacement:
+    """MultiHeadAttention as per-tensor int8 projections, BATCH_MATMULs and SOFTMAX, then a
+    tracked fake quant.
+
+    Example:
+      >>> mha = keras.layers.MultiHeadAttention(2, 4)
+      >>> type(build_multi_head_attention({"attention": mha}, LayerQuantConfig()).layers[0]).__name__
+      'QuantMultiHeadAttention'
+    """
+    mha = match["attention"]
+    _attention_settings_check(mha)
+    layer = QuantMultiHeadAttention(
+        num_heads=mha._num_heads, key_dim=mha._key_dim, value_dim=mha._value_dim,
+        use_bias=mha._use_bias, dropout=mha._dropout,
+        output_dim=None if mha._output_shape is None else mha._output_shape[0],
+        weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
+        ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay, name=mha.name)
+    return Replacement([layer], TRACKED, lambda: layer.load_float_weights(mha))
+
+
+RULES = (
+    RewriteRule("multi_head_attention", (Step("attention", is_multi_head_attention),),
+                build_multi_head_attention),
+)
