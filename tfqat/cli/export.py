@@ -24,6 +24,13 @@ flags.DEFINE_string("eval_dataset", None, "Optional dataset (same syntax as tfqa
                     "--dataset) to report int8 accuracy and agreement with the QAT model.")
 flags.DEFINE_string("data_dir", None, "Data folder for tfds datasets.")
 flags.DEFINE_boolean("report", False, "Print the inspect_tflite table of the result.")
+cli.define_verbose_flag()
+
+GROUPS = (
+    ("Input and output", ("model", "output")),
+    ("Checks", ("eval_dataset", "data_dir", "report")),
+    ("Logging", ("verbose",)),
+)
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +105,7 @@ def _evaluate(model):
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM, __doc__, GROUPS))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ flags.DEFINE_integer("seed", 0, "Seed of weights, data split and batch order.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_boolean("resume", False, "Continue from the last checkpoint in --output_dir.")
+cli.define_verbose_flag()
+
+GROUPS = (
+    ("Model and data", ("model", "dataset", "data_dir", "alpha", "input_size")),
+    ("Training", ("float_epochs", "qat_epochs", "batch_size", "learning_rate",
+                  "qat_learning_rate", "seed", "strategy")),
+    ("Quantization (one flag per QuantConfig field)", cli.QUANT_FLAGS),
+    ("Outputs", ("output_dir", "resume", "verbose")),
+)
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +73,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM, __doc__, GROUPS))
 
 
 if __name__ == "__main__":
