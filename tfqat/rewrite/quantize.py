@@ -39,8 +39,15 @@ def quantize_model(model, config: QuantConfig | None = None, rules=rules_lib.RUL
     config = config or QuantConfig()
     graph = flatten_model(model)
     config.check_layer_names(graph.layer_names())
-    _split_activations(graph, config)
-    return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+    # Every new layer computes in float32 under any global policy (mixed_float16, ...): see
+    # rules.base.float32_dtype. The user's policy is restored for their own layers after.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        _split_activations(graph, config)
+        return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def _split_activations(graph: Graph, config: QuantConfig) -> None:
@@ -53,7 +60,7 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
                 keras.activations.serialize(layer.activation) == "linear":
             new_nodes.append(node)
             continue
-        linear = type(layer).from_config({**layer.get_config(), "activation": "linear"})
+        linear = type(layer).from_config({**rules_lib.float32_config(layer), "activation": "linear"})
         linear.build(graph.shapes[node.inputs[0]])
         linear.set_weights(layer.get_weights())
         activation = keras.layers.Activation(layer.activation, name=f"{layer.name}_activation")
@@ -228,7 +235,7 @@ class _Rebuilder:
             copy = keras.layers.Lambda(
                 layer.function, output_shape=layer._output_shape, mask=layer.mask,
                 arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
-                dtype=layer.dtype_policy)
+                dtype=rules_lib.float32_dtype(layer))
         elif callable(getattr(layer, "save_assets", None)):
             # Reuse, as no copy is possible: a lookup table (StringLookup, IntegerLookup,
             # TextVectorization) keeps its adapted vocabulary in neither config nor weights.
