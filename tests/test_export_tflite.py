@@ -207,3 +207,24 @@ def test_allow_float_ops_with_nothing_float_left_says_so(exported):
     report = tfqat.inspect_tflite(tfqat.export_tflite(qat, allow_float_ops=True))
     assert report.integer_only and report.float_ops_allowed and not report.hybrid
     assert "no float ops remain" in str(report)
+
+
+def _int8_settings(converter):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter
+
+
+def test_savedmodel_and_keras_export_paths(exported, tmp_path):
+    """The other ways out of Keras, as README's "Other export paths" describes them."""
+    qat, flatbuffer = exported
+    # Keras's SavedModel export, converted with export_tflite's settings: integer-only.
+    qat.export(str(tmp_path / "keras_sm"), format="tf_saved_model", verbose=False)
+    converted = _int8_settings(
+        tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "keras_sm"))).convert()
+    assert tfqat.inspect_tflite(converted).integer_only
+    # Keras's LiteRT export with no settings: a float model, silently.
+    qat.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
+    litert = tfqat.inspect_tflite(str(tmp_path / "keras.tflite"))
+    assert not litert.integer_only and "float32" in {t.dtype for t in litert.inputs}
