@@ -7,6 +7,10 @@ Example:
   >>> tfqat.export_tflite(qat, "model_int8.tflite")
 """
 
+from tfqat.logs import begin_app_import
+
+_end_app_import = begin_app_import()  # the apps start quiet (tfqat/logs.py)
+
 from tfqat.nn.activations import QuantActivation
 from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
@@ -19,6 +23,8 @@ from tfqat.nn.layers import (FusedQuantLayer, QuantBatchNormalization, QuantConv
                           QuantConv2DTranspose, QuantDense, QuantDepthwiseConv2D, QuantRescaling)
 from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
 from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
+
+_end_app_import()
 
 __version__ = "0.1.0"
 

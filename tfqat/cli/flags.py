@@ -21,6 +21,15 @@ def quiet_logging() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def apply_verbose(verbose: bool) -> None:
+    """--verbose: TensorFlow's own output comes back (tfqat.logs reads TFQAT_VERBOSE)."""
+    import os
+
+    if verbose:
+        os.environ["TFQAT_VERBOSE"] = "1"
+        logging.set_verbosity(logging.INFO)
+
+
 def define_verbose_flag() -> None:
     flags.DEFINE_boolean("verbose", False, "Show TensorFlow's and Keras's own logs and warnings "
                          "(C++ logging, export listings, converter warnings).")

@@ -51,6 +51,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     cli.quiet_logging()
+    cli.apply_verbose(FLAGS.verbose)
     if len(argv) > 1:
         cli.fail(PROGRAM, f"unexpected arguments {argv[1:]}; all options are --flags.")
     from tfqat.training import pipeline
@@ -63,12 +64,12 @@ def main(argv):
             learning_rate=FLAGS.learning_rate, qat_learning_rate=FLAGS.qat_learning_rate,
             quant=cli.quant_config_from_flags(FLAGS), output_dir=FLAGS.output_dir,
             seed=FLAGS.seed, strategy=FLAGS.strategy, resume=FLAGS.resume)
+        config.validate()
         metrics = pipeline.run(config)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
         cli.fail(PROGRAM, str(err))
     print(pipeline.summary_table(metrics))
-    print(f"Outputs in {os.path.abspath(FLAGS.output_dir)}: float.keras, qat.keras, "
-          "model_int8.tflite, metrics.json, logs/")
+    print(f"Outputs in {os.path.abspath(FLAGS.output_dir)}: {', '.join(pipeline.OUTPUTS)}")
 
 
 def run():
