@@ -1,5 +1,6 @@
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -228,3 +229,16 @@ def test_savedmodel_and_keras_export_paths(exported, tmp_path):
     qat.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
     litert = tfqat.inspect_tflite(str(tmp_path / "keras.tflite"))
     assert not litert.integer_only and "float32" in {t.dtype for t in litert.inputs}
+
+
+def test_export_is_quiet_unless_verbose(exported, capfd, monkeypatch):
+    qat, _ = exported
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tfqat.export_tflite(qat)
+    out, err = capfd.readouterr()
+    assert "TensorSpec" not in out and "Saved artifact" not in out and "I0000" not in err
+    assert not [w for w in caught if "Statistics for quantized" in str(w.message)]
+    monkeypatch.setenv("TFQAT_VERBOSE", "1")
+    with pytest.warns(UserWarning, match="Statistics for quantized inputs"):
+        tfqat.export_tflite(qat)
