@@ -78,4 +78,18 @@ def begin_app_import():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     quiet = quiet_native_output(True)
     quiet.__enter__()
-    return lambda: quiet.__exit__(None, None, None)
+    done = []
+    previous_hook = sys.excepthook
+
+    def end():
+        if not done:
+            done.append(True)
+            sys.excepthook = previous_hook
+            quiet.__exit__(None, None, None)
+
+    def hook(*exc_info):  # an import that fails must still show its traceback
+        end()
+        previous_hook(*exc_info)
+
+    sys.excepthook = hook
+    return end
