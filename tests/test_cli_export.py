@@ -32,6 +32,8 @@ def saved_models(tmp_path_factory):
     calibrate_quantizers(excluded, random_images(16, (28, 28, 1)))
     excluded.save(folder / "excluded.keras")
     (folder / "corrupt.keras").write_bytes(b"not a zip file")
+    content = (folder / "qat.keras").read_bytes()
+    (folder / "truncated.keras").write_bytes(content[:len(content) // 2])
     return folder
 
 
@@ -62,10 +64,12 @@ def test_missing_model_file(tmp_path):
                            output=out)
 
 
-def test_corrupt_model_file(saved_models, tmp_path):
+@pytest.mark.parametrize("name", ["corrupt.keras", "truncated.keras"])
+def test_corrupt_or_truncated_model_file_is_unreadable(saved_models, tmp_path, name):
     out = tmp_path / "m.tflite"
-    _assert_one_line_error(export_cli(f"--model={saved_models / 'corrupt.keras'}", f"--output={out}"),
-                           "cannot read", output=out)
+    result = export_cli(f"--model={saved_models / name}", f"--output={out}")
+    _assert_one_line_error(result, "unreadable", name, output=out)
+    assert "not found" not in result.stderr.lower()
 
 
 def test_float_model_says_what_to_run(saved_models, tmp_path):
@@ -86,12 +90,34 @@ def test_unwritable_output(saved_models, tmp_path):
                            "--output", output=out)
 
 
-def test_unknown_dataset(saved_models, tmp_path):
-    result = export_cli(f"--model={saved_models / 'qat.keras'}", f"--output={tmp_path / 'm.tflite'}",
-                        "--eval_dataset=imagenet")
-    _assert_one_line_error(result, "--eval_dataset", "imagenet")
+def test_unknown_dataset_leaves_no_tflite(saved_models, tmp_path):
+    out = tmp_path / "m.tflite"
+    result = export_cli(f"--model={saved_models / 'qat.keras'}", f"--output={out}",
+                        "--eval_dataset=nonsense")
+    _assert_one_line_error(result, "--eval_dataset", "nonsense", output=out)
 
 
-def test_unknown_flag_fails():
-    result = export_cli("--modle=x")
-    assert result.returncode != 0 and "modle" in result.stderr
+def test_unknown_flag_is_one_line_and_exit_2():
+    _assert_one_line_error(export_cli("--modle=x"), "modle")
+
+
+def test_quiet_by_default_and_verbose_brings_logs_back(saved_models, tmp_path):
+    quiet = export_cli(f"--model={saved_models / 'qat.keras'}", f"--output={tmp_path / 'a.tflite'}")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "", quiet.stderr[-2000:]
+    assert quiet.stdout.strip().splitlines()[-1].startswith("Wrote ")
+    loud = export_cli(f"--model={saved_models / 'qat.keras'}", f"--output={tmp_path / 'b.tflite'}",
+                      "--verbose")
+    assert loud.returncode == 0 and "Statistics for quantized inputs" in loud.stderr
+
+
+def test_help_lists_every_flag_in_groups():
+    result = subprocess.run(
+        [sys.executable, "-c", "import tfqat.cli.export as app; from absl import flags; "
+         "own = {f.name for m, fs in flags.FLAGS.flags_by_module_dict().items() "
+         "if 'tfqat' in m for f in fs}; grouped = [n for _, ns in app.GROUPS for n in ns]; "
+         "print(sorted(own ^ set(grouped)), len(grouped) - len(set(grouped)))"],
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["[]", "0"], result.stdout + result.stderr[-2000:]
+    help_text = export_cli("--help")
+    assert help_text.returncode == 0 and "Input and output:" in help_text.stdout

@@ -1,5 +1,6 @@
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -408,3 +409,37 @@ def test_densenet121_concatenations_requantize_only_the_dense_block_inputs():
     assert report.op_histogram.get("QUANTIZE", 0) <= 4, dict(report.op_histogram)
     op_by_op = tfqat.op_fidelity(qat, flatbuffer, x[:4])
     assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+def _int8_settings(converter):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter
+
+
+def test_savedmodel_and_keras_export_paths(exported, tmp_path):
+    """The other ways out of Keras, as README's "Other export paths" describes them."""
+    qat, flatbuffer = exported
+    # Keras's SavedModel export, converted with export_tflite's settings: integer-only.
+    qat.export(str(tmp_path / "keras_sm"), format="tf_saved_model", verbose=False)
+    converted = _int8_settings(
+        tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "keras_sm"))).convert()
+    assert tfqat.inspect_tflite(converted).integer_only
+    # Keras's LiteRT export with no settings: a float model, silently.
+    qat.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
+    litert = tfqat.inspect_tflite(str(tmp_path / "keras.tflite"))
+    assert not litert.integer_only and "float32" in {t.dtype for t in litert.inputs}
+
+
+def test_export_is_quiet_unless_verbose(exported, capfd, monkeypatch):
+    qat, _ = exported
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tfqat.export_tflite(qat)
+    out, err = capfd.readouterr()
+    assert "TensorSpec" not in out and "Saved artifact" not in out and "I0000" not in err
+    assert not [w for w in caught if "Statistics for quantized" in str(w.message)]
+    monkeypatch.setenv("TFQAT_VERBOSE", "1")
+    with pytest.warns(UserWarning, match="Statistics for quantized inputs"):
+        tfqat.export_tflite(qat)

@@ -283,3 +283,64 @@ def test_config_round_trip(layer):
 def test_decomposed_activation_config_round_trip():
     layer = QuantActivation("elu", bits=6, quant_delay=3)
     assert QuantActivation.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def _conv_bn_stack(bn_freeze_delay):
+    import tfqat
+
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((8, 8, 3))
+    x = inp
+    for index in range(2):
+        x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = keras.layers.ReLU(name=f"relu{index}")(x)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    return tfqat.quantize_model(keras.Model(inp, out),
+                                tfqat.QuantConfig(bn_freeze_delay=bn_freeze_delay))
+
+
+def _train_across_freeze(jit_compile, select=False, monkeypatch=None):
+    """Weights after 6 steps of a QAT model whose folded BNs freeze after step 3."""
+    import tfqat.nn.layers as layers_lib
+
+    if monkeypatch is not None:
+        monkeypatch.setattr(layers_lib, "SELECT_FREEZE", select)
+    qat = _conv_bn_stack(bn_freeze_delay=3)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 8, 8, 3)).astype("float32"), np.arange(24) % 3
+    qat.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy",
+                jit_compile=jit_compile)
+    qat.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert all(layer.bn_frozen() for layer in qat.layers if hasattr(layer, "bn_frozen")
+               and layer.batchnorm)
+    return [w.numpy() for w in qat.weights]
+
+
+def test_single_pass_freeze_switch_equals_the_conditional_one(monkeypatch):
+    # The switch XLA gets (select per channel) against the tf.cond one, both without XLA.
+    conditional = _train_across_freeze(False, select=False, monkeypatch=monkeypatch)
+    single_pass = _train_across_freeze(False, select=True, monkeypatch=monkeypatch)
+    for a, b in zip(conditional, single_pass):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_jit_compile_matches_across_the_freeze():
+    eager_graph = _train_across_freeze(False)
+    xla = _train_across_freeze(True)
+    # XLA sums in another order, which can move a fake-quant rounding by one step.
+    for a, b in zip(eager_graph, xla):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
+
+
+def test_no_conditional_around_convolutions_under_xla():
+    layer = QuantConv2D(4, 3, batchnorm={"epsilon": 1e-3, "momentum": 0.99}, bn_freeze_delay=5)
+    layer.build((None, 8, 8, 3))
+    spec = tf.TensorSpec([2, 8, 8, 3])
+
+    def op_types(jit_compile):
+        fn = tf.function(lambda t: layer(t, training=True), jit_compile=jit_compile)
+        return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}
+
+    assert op_types(False) & {"If", "StatelessIf"}  # without XLA the frozen step skips a conv
+    assert not op_types(True) & {"If", "StatelessIf"}

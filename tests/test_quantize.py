@@ -289,3 +289,42 @@ def test_same_scale_op_read_only_by_a_concatenation_keeps_its_input_scale(same_s
     assert len(a_fq._inbound_nodes) == 2
     assert a_fq._inbound_nodes[1].input_tensors[0]._keras_history.operation.name == "pool"
     assert isinstance(qat.get_layer("cat_fq"), ActivationQuantizer)
+
+
+@pytest.fixture
+def global_policy():
+    """Sets a global dtype policy for one test and restores the previous one after."""
+    previous = keras.config.dtype_policy()
+    yield keras.config.set_dtype_policy
+    keras.config.set_dtype_policy(previous)
+
+
+# Both policies and both orders, in two cases (each exports): the policy set before building
+# the float model, or only before quantize_model.
+@pytest.mark.parametrize("policy,when", [("mixed_float16", "before"), ("mixed_bfloat16", "after")])
+def test_mixed_precision_policy_trains_and_exports_integer_only(global_policy, policy, when):
+    if when == "before":  # the float model itself is built under the mixed policy
+        global_policy(policy)
+    model = randomize_batchnorm(mixed_model())
+    reference_weights = model.get_weights()
+    global_policy(policy)
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(bn_freeze_delay=2))
+    assert keras.config.dtype_policy().name == policy  # the user's policy is left as it was
+    assert {layer.dtype_policy.name for layer in qat.layers} == {"float32"}
+    x, y = random_images(16), np.arange(16) % 4
+    qat.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    history = qat.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 4 steps: across the freeze
+    assert np.isfinite(history.history["loss"]).all()
+    assert qat.get_layer("conv1").bn_frozen()
+    report = tfqat.inspect_tflite(tfqat.export_tflite(qat))
+    assert report.integer_only and "CAST" not in report.op_histogram
+    # The same QAT model as under float32: built from the same weights, it predicts the same.
+    keras.config.set_dtype_policy("float32")
+    model_32 = mixed_model()
+    model_32.set_weights(reference_weights)
+    untrained = tfqat.quantize_model(model_32)
+    calibrate_quantizers(untrained, x)
+    global_policy(policy)
+    fresh = tfqat.quantize_model(model)
+    calibrate_quantizers(fresh, x)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), untrained.predict(x, verbose=0))

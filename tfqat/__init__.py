@@ -7,6 +7,10 @@ Example:
   >>> tfqat.export_tflite(qat, "model_int8.tflite")
 """
 
+from tfqat.logs import begin_app_import
+
+_end_app_import = begin_app_import()  # the apps start quiet (tfqat/logs.py)
+
 from tfqat.nn.activations import QuantActivation
 from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
@@ -26,6 +30,8 @@ from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
 from tfqat.rewrite.record import QATModel, QuantizationRecord, record_of
 from tfqat.rewrite.registry import QuantizeSpec, QuantRegistry, QuantWrapper, WeightQuant
 from tfqat.rewrite.rules.base import OutputQuant, Replacement, RewriteRule, Step
+
+_end_app_import()
 
 __version__ = "0.1.0"
 

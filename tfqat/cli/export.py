@@ -24,6 +24,13 @@ flags.DEFINE_string("eval_dataset", None, "Optional dataset (same syntax as tfqa
                     "--dataset) to report int8 accuracy and agreement with the QAT model.")
 flags.DEFINE_string("data_dir", None, "Data folder for tfds datasets.")
 flags.DEFINE_boolean("report", False, "Print the inspect_tflite table of the result.")
+cli.define_verbose_flag()
+
+GROUPS = (
+    ("Input and output", ("model", "output")),
+    ("Checks", ("eval_dataset", "data_dir", "report")),
+    ("Logging", ("verbose",)),
+)
 
 FLAGS = flags.FLAGS
 
@@ -43,23 +50,22 @@ def _check_paths(model_path, output_path):
 
 
 def _load(model_path):
-    import keras
-
-    import tfqat  # noqa: F401  registers the tfqat layers for load_model
+    from tfqat.training.pipeline import load_model_file
 
     try:
-        return keras.models.load_model(model_path, compile=False)
-    except Exception as err:  # Keras raises many kinds for a bad file
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        cli.fail(PROGRAM, f"--model: cannot read '{model_path}' as a Keras model ({first_line}).")
+        return load_model_file(model_path)
+    except (ValueError, FileNotFoundError) as err:
+        cli.fail(PROGRAM, str(err))
 
 
 def main(argv):
     cli.quiet_logging()
+    cli.apply_verbose(FLAGS.verbose)
     if len(argv) > 1:
         cli.fail(PROGRAM, f"unexpected arguments {argv[1:]}; use --model and --output.")
     _check_paths(FLAGS.model, FLAGS.output)
     model = _load(FLAGS.model)
+    dataset = _eval_dataset(model) if FLAGS.eval_dataset else None  # before writing anything
     from tfqat.export.tflite import ExportError, export_tflite
 
     try:
@@ -77,20 +83,27 @@ def main(argv):
         from tfqat.export.reader import inspect_tflite
 
         print(inspect_tflite(FLAGS.output))
-    if FLAGS.eval_dataset:
-        _evaluate(model)
+    if dataset is not None:
+        _evaluate(model, dataset)
 
 
-def _evaluate(model):
+def _eval_dataset(model):
     from tfqat.training import data as data_lib
-    from tfqat.diagnostics.evaluation import compare_to_model
 
     try:
         dataset = data_lib.load_dataset(FLAGS.eval_dataset, data_dir=FLAGS.data_dir)
-        dataset = data_lib.fit_to_input(dataset, tuple(model.inputs[0].shape[1:]))
+        return data_lib.fit_to_input(dataset, tuple(model.inputs[0].shape[1:]))
     except (ValueError, FileNotFoundError, ImportError) as err:
         cli.fail(PROGRAM, f"--eval_dataset: {err}")
-    result = compare_to_model(model, FLAGS.output, dataset.x_test, dataset.y_test, progress=True)
+
+
+def _evaluate(model, dataset):
+    import sys
+
+    from tfqat.diagnostics.evaluation import compare_to_model
+
+    result = compare_to_model(model, FLAGS.output, dataset.x_test, dataset.y_test,
+                              progress=sys.stdout.isatty())
     print(f"int8 accuracy {result.tflite_accuracy:.4f} (QAT {result.model_accuracy:.4f}), "
           f"top-1 agreement {result.agreement:.4f}, max output difference "
           f"{result.max_diff_lsb:.1f} LSB on {result.num_examples} {dataset.name} test examples")
@@ -98,7 +111,7 @@ def _evaluate(model):
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM, __doc__, GROUPS))
 
 
 if __name__ == "__main__":

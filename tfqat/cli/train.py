@@ -36,12 +36,22 @@ flags.DEFINE_integer("seed", 0, "Seed of weights, data split and batch order.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_boolean("resume", False, "Continue from the last checkpoint in --output_dir.")
+cli.define_verbose_flag()
+
+GROUPS = (
+    ("Model and data", ("model", "dataset", "data_dir", "alpha", "input_size")),
+    ("Training", ("float_epochs", "qat_epochs", "batch_size", "learning_rate",
+                  "qat_learning_rate", "seed", "strategy")),
+    ("Quantization (one flag per QuantConfig field)", cli.QUANT_FLAGS),
+    ("Outputs", ("output_dir", "resume", "verbose")),
+)
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     cli.quiet_logging()
+    cli.apply_verbose(FLAGS.verbose)
     if len(argv) > 1:
         cli.fail(PROGRAM, f"unexpected arguments {argv[1:]}; all options are --flags.")
     from tfqat.training import pipeline
@@ -54,17 +64,17 @@ def main(argv):
             learning_rate=FLAGS.learning_rate, qat_learning_rate=FLAGS.qat_learning_rate,
             quant=cli.quant_config_from_flags(FLAGS), output_dir=FLAGS.output_dir,
             seed=FLAGS.seed, strategy=FLAGS.strategy, resume=FLAGS.resume)
+        config.validate()
         metrics = pipeline.run(config)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
         cli.fail(PROGRAM, str(err))
     print(pipeline.summary_table(metrics))
-    print(f"Outputs in {os.path.abspath(FLAGS.output_dir)}: float.keras, qat.keras, "
-          "model_int8.tflite, metrics.json, logs/")
+    print(f"Outputs in {os.path.abspath(FLAGS.output_dir)}: {', '.join(pipeline.OUTPUTS)}")
 
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM, __doc__, GROUPS))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tfqat.nn.activations import QuantActivation
 from tfqat.config import EXPORT_MAX_BITS
 from tfqat.files import atomic_write_bytes
+from tfqat.logs import quiet_native_output
 from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, add_metadata, inspect_tflite
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
@@ -56,7 +57,8 @@ def export_tflite(qat_model, path=None, allow_float_ops: bool = False) -> bytes:
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     try:
-        flatbuffer = converter.convert()
+        with quiet_native_output():  # TFQAT_VERBOSE=1 shows the converter's own output
+            flatbuffer = converter.convert()
     except Exception as err:  # the converter raises several private error types
         raise ExportError(f"The TFLite converter failed on model '{qat_model.name}': "
                           f"{_first_line(err)}") from err

@@ -137,11 +137,11 @@ class FusedQuantLayer(keras.layers.Layer):
             outputs = self._folded_frozen(inputs, training)
         elif self.bn_freeze_delay is None:
             outputs = self._folded_with_batch_stats(inputs)
-        elif _replicas_in_sync() > 1:
-            # Cross-replica batch statistics cannot sit inside tf.cond: compute both forms.
-            frozen = self.step >= self.bn_freeze_delay
-            outputs = tf.where(frozen, self._folded_frozen(inputs, True),
-                               self._folded_with_batch_stats(inputs, keep_stats=frozen))
+        elif _replicas_in_sync() > 1 or SELECT_FREEZE or _compiling_with_xla():
+            # Cross-replica batch statistics cannot sit inside tf.cond, and XLA runs the
+            # convolutions of a conditional slowly (CPU: 80x): one pass that selects per channel.
+            outputs = self._folded_with_batch_stats(
+                inputs, frozen=self.step >= self.bn_freeze_delay)
         else:
             outputs = tf.cond(
                 self.step >= self.bn_freeze_delay,
@@ -192,7 +192,9 @@ class FusedQuantLayer(keras.layers.Layer):
         outputs = self._linear(inputs, self._quantize(self.folded_kernel_view(), training))
         return outputs + (beta + gamma * (bias - self.moving_mean) / sigma_mv)
 
-    def _folded_with_batch_stats(self, inputs, keep_stats=None):
+    def _folded_with_batch_stats(self, inputs, frozen=None):
+        """The batch-statistics form; with a boolean tensor `frozen`, the frozen form where
+        it is true (same quantized conv; the corrections select per channel)."""
         gamma, beta, bias = self._bn_affine()
         # w_fold = W * gamma / sigma_b * correction_scale == W * gamma / sigma_mv, and the
         # gradient through sigma_b cancels exactly: computed from sigma_mv, the trained
@@ -213,11 +215,16 @@ class FusedQuantLayer(keras.layers.Layer):
         correction_offset = tf.identity(tf.zeros_like(batch_mean), name="correction_offset")
         # Per-channel terms are summed first: one broadcast add on the full tensor.
         offset = beta + gamma * (bias - batch_mean) / sigma_b + correction_offset
+        if frozen is not None:
+            # Frozen: correction_recip 1 and the moving-statistics offset of _folded_frozen,
+            # so either way the values (and gradients) are those of the tf.cond form.
+            correction_recip = tf.where(frozen, tf.ones_like(correction_recip), correction_recip)
+            offset = tf.where(frozen, beta + gamma * (bias - self.moving_mean) / sigma_mv, offset)
         outputs = correction_recip * quantized_outputs + offset
         momentum = self.batchnorm["momentum"]
         for moving, batch in ((self.moving_mean, batch_mean), (self.moving_variance, batch_variance)):
             updated = moving * momentum + batch * (1.0 - momentum)
-            moving.assign(updated if keep_stats is None else tf.where(keep_stats, moving, updated))
+            moving.assign(updated if frozen is None else tf.where(frozen, moving, updated))
         return outputs
 
     def bn_frozen(self) -> bool:
@@ -245,6 +252,19 @@ class FusedQuantLayer(keras.layers.Layer):
             quant_delay=self.quant_delay, bn_freeze_delay=self.bn_freeze_delay,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
+
+
+# Tests set it to run the single-pass freeze switch outside XLA and distribution too.
+SELECT_FREEZE = False
+
+
+def _compiling_with_xla() -> bool:
+    """Whether the function being traced compiles with XLA (jit_compile=True)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # a private module: without it, keep the tf.cond form
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _replicas_in_sync() -> int:

@@ -306,13 +306,13 @@ def keras_op_name(op) -> str | None:
     return type(op).__name__
 
 
-def copy_lambda(layer):
+def copy_lambda(layer, dtype=None):
     """A new Lambda layer around the same function as `layer` (from_config cannot rebuild a
-    Python lambda, and refuses one in safe mode)."""
+    Python lambda, and refuses one in safe mode), with `dtype` (default: the same policy)."""
     return keras.layers.Lambda(
         layer.function, output_shape=layer._output_shape, mask=layer.mask,
         arguments=layer.arguments, name=layer.name, trainable=layer.trainable,
-        dtype=layer.dtype_policy)
+        dtype=layer.dtype_policy if dtype is None else dtype)
 
 
 def untied_call(layer):

@@ -46,9 +46,16 @@ def quantize_model(model, config: QuantConfig | None = None, registry=None):
     config = config or QuantConfig()
     graph = flatten_model(model)
     config.check_layer_names(graph.layer_names())
-    _split_activations(graph, config)
-    rules = registry.rules if registry is not None else rules_lib.RULES
-    return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+    # Every new layer computes in float32 under any global policy (mixed_float16, ...): see
+    # rules.base.float32_dtype. The user's policy is restored for their own layers after.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        _split_activations(graph, config)
+        rules = registry.rules if registry is not None else rules_lib.RULES
+        return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def _split_activations(graph: Graph, config: QuantConfig) -> None:
@@ -61,7 +68,7 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
                 keras.activations.serialize(layer.activation) == "linear":
             new_nodes.append(node)
             continue
-        linear = type(layer).from_config({**layer.get_config(), "activation": "linear"})
+        linear = type(layer).from_config({**rules_lib.float32_config(layer), "activation": "linear"})
         linear.build(graph.shapes[node.inputs[0]])
         linear.set_weights(layer.get_weights())
         activation = keras.layers.Activation(layer.activation, name=f"{layer.name}_activation")
@@ -272,7 +279,7 @@ class _Rebuilder:
         if type(layer) is keras.layers.Lambda:
             # from_config cannot rebuild a Python lambda (refused in safe mode) or an
             # unregistered function; a new Lambda around the same function is a copy.
-            copy = graph_lib.copy_lambda(layer)
+            copy = graph_lib.copy_lambda(layer, dtype=rules_lib.float32_dtype(layer))
         elif callable(getattr(layer, "save_assets", None)):
             # Reuse, as no copy is possible: a lookup table (StringLookup, IntegerLookup,
             # TextVectorization) keeps its adapted vocabulary in neither config nor weights.

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -19,13 +21,21 @@ import tensorflow as tf
 from tfqat.training import data as data_lib
 from tfqat.training import models as models_lib
 from tfqat.training import distribute
-from tfqat.config import QuantConfig
+from tfqat.config import EXPORT_MAX_BITS, QuantConfig
 from tfqat.diagnostics.evaluation import compare_to_model
 from tfqat.files import atomic_write_bytes
+from tfqat.logs import quiet_native_output
+from tfqat.nn.activations import QuantActivation
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.export.tflite import export_tflite
+from tfqat.rewrite.graph import flatten_model
 from tfqat.rewrite.quantize import quantize_model
+
+# What a finished run leaves in output_dir (tfqat-train's closing line lists them).
+OUTPUTS = ("float.keras", "qat.keras", "model_int8.tflite", "model_float.tflite", "metrics.json",
+           "logs/", "ckpt/")
+
 
 @dataclasses.dataclass
 class PipelineConfig:
@@ -48,13 +58,42 @@ class PipelineConfig:
     resume: bool = False
     verbose: int = 2
 
+    def validate(self) -> None:
+        """Raises ValueError naming the flag for a value the job cannot run with.
+
+        Called before anything is loaded, trained or written.
+
+        Example:
+          >>> PipelineConfig(batch_size=0).validate()
+          Traceback (most recent call last):
+          ValueError: --batch_size=0: must be at least 1.
+        """
+        at_least = (("float_epochs", 0), ("qat_epochs", 1), ("batch_size", 1))
+        for name, low in at_least:
+            value = getattr(self, name)
+            if value < low:
+                raise ValueError(f"--{name}={value}: must be at least {low}.")
+        for name in ("alpha", "learning_rate", "qat_learning_rate"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"--{name}={value}: must be greater than 0.")
+        if self.input_size is not None and self.input_size < 1:
+            raise ValueError(f"--input_size={self.input_size}: must be at least 1.")
+        for name in ("weight_bits", "activation_bits"):
+            bits = getattr(self.quant, name)
+            if bits > EXPORT_MAX_BITS:
+                raise ValueError(
+                    f"--{name}={bits}: the job exports an int8 .tflite, which needs at most "
+                    f"{EXPORT_MAX_BITS} bits.")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(f"--output_dir: '{self.output_dir}' exists and is not a folder.")
+
 
 class _Checkpoints:
     """ckpt/<phase>.keras plus ckpt/state.json, each replaced atomically."""
 
     def __init__(self, output_dir):
         self.folder = os.path.join(output_dir, "ckpt")
-        os.makedirs(self.folder, exist_ok=True)
         self.state_path = os.path.join(self.folder, "state.json")
 
     def load_state(self) -> dict:
@@ -67,6 +106,7 @@ class _Checkpoints:
         return os.path.join(self.folder, f"{phase}.keras")
 
     def save(self, model, phase, epochs_done, state):
+        os.makedirs(self.folder, exist_ok=True)
         save_model_atomically(model, self.model_path(phase))
         state = {**state, "phase": phase, "epochs_done": epochs_done}
         atomic_write_bytes(self.state_path, json.dumps(state, indent=2).encode())
@@ -109,6 +149,7 @@ def _train_epochs(model, strategy, dataset, cfg, phase, first_epoch, total_epoch
     log_dir = os.path.join(cfg.output_dir, "logs", phase)
     callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir), *extra_callbacks]
     phase_seed = {"float": 0, "qat": 1}[phase]
+    label = {"float": "float", "qat": "QAT"}[phase]
     for epoch in range(first_epoch, total_epochs):
         start = time.perf_counter()
         # The order depends only on (seed, phase, epoch), so a resumed run sees the same batches.
@@ -116,10 +157,15 @@ def _train_epochs(model, strategy, dataset, cfg, phase, first_epoch, total_epoch
         x, y = dataset.x_train[order], dataset.y_train[order]
         if distribute.is_multi_worker(strategy):
             loss = distribute.fit_epoch_custom(model, strategy, x, y, cfg.batch_size)
-            print(f"{phase} epoch {epoch + 1}/{total_epochs}: loss {loss:.4f}")
+            results = f"loss {loss:.4f}"
         else:
-            model.fit(x, y, batch_size=cfg.batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                      shuffle=False, verbose=cfg.verbose, callbacks=callbacks)
+            # Keras would print "Epoch 2/2" for the second of 8 epochs, and bar escape codes.
+            history = model.fit(x, y, batch_size=cfg.batch_size, epochs=epoch + 1,
+                                initial_epoch=epoch, shuffle=False, verbose=0, callbacks=callbacks)
+            results = ", ".join(f"{name} {values[-1]:.4f}" for name, values in history.history.items())
+        if cfg.verbose:
+            print(f"{label} epoch {epoch + 1}/{total_epochs}: {results} "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
         _add_time(state, f"{phase}_training_s", start)
         state = checkpoints.save(model, phase, epoch + 1, state)
     return state
@@ -139,11 +185,43 @@ def _compile(model, learning_rate, epochs, dataset, batch_size):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
+def load_model_file(path, flag="--model"):
+    """keras.models.load_model(path, compile=False), with one clear error per way it fails.
+
+    Example:
+      >>> load_model_file("runs/a/float.keras")
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{flag}: no such file '{path}'.")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: '{path}' is a folder; pass a .keras file.")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{flag}: '{path}' is unreadable: not a .keras archive (truncated or "
+                         f"corrupt, {os.path.getsize(path):,} bytes). Save the model again.")
+    import tfqat  # noqa: F401  registers the tfqat layers
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many kinds for a bad file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{flag}: '{path}' is unreadable as a Keras model ({reason}).") from err
+
+
+def is_qat_model(model) -> bool:
+    """Whether `model` holds tfqat quantizers (made by quantize_model)."""
+    return any(isinstance(layer, (FusedQuantLayer, ActivationQuantizer, QuantActivation))
+               for layer in model._flatten_layers(include_self=False, recursive=True))
+
+
 def _float_model(cfg, dataset):
     if cfg.model.endswith(".keras") or os.path.sep in cfg.model:
-        if not os.path.isfile(cfg.model):
-            raise FileNotFoundError(f"--model: no such file '{cfg.model}'.")
-        return keras.models.load_model(cfg.model, compile=False)
+        model = load_model_file(cfg.model)
+        if is_qat_model(model):
+            raise ValueError(
+                f"--model: '{cfg.model}' is already a QAT model (it holds tfqat quantizers). "
+                f"Export it with tfqat-export --model={cfg.model} --output=model_int8.tflite, "
+                "or pass the float model it was made from.")
+        return model
     input_shape = models_lib.required_input_shape(cfg.model, cfg.input_size, dataset.input_shape)
     return models_lib.build_model(cfg.model, input_shape=input_shape,
                                   num_classes=dataset.num_classes, alpha=cfg.alpha)
@@ -157,15 +235,19 @@ def run(cfg: PipelineConfig) -> dict:
       >>> metrics["int8_accuracy"] > 0.9
       True
     """
+    cfg.validate()
     strategy = distribute.make_strategy(cfg.strategy)
     if distribute.worker_index(strategy) > 0:  # only the chief writes into output_dir itself
         cfg = dataclasses.replace(
             cfg, output_dir=os.path.join(cfg.output_dir, f"worker-{distribute.worker_index(strategy)}"))
-    os.makedirs(cfg.output_dir, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     checkpoints = _Checkpoints(cfg.output_dir)
     state = checkpoints.load_state() if cfg.resume else {}
+    if cfg.resume:
+        print(f"Resuming {cfg.output_dir}: {state['phase']} phase, {state['epochs_done']} "
+              "epochs done." if state else f"--resume: no checkpoint in {cfg.output_dir}; "
+              "starting from the beginning.", flush=True)
     state.setdefault("timings", {})
     dataset = data_lib.load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
 
@@ -179,7 +261,13 @@ def run(cfg: PipelineConfig) -> dict:
         else:
             float_model = _float_model(cfg, dataset)
             _compile(float_model, cfg.learning_rate, cfg.float_epochs, dataset, cfg.batch_size)
+    # Names in --exclude are checked against the model before any training.
+    try:
+        cfg.quant.check_layer_names(flatten_model(float_model).layer_names())
+    except ValueError as err:
+        raise ValueError(f"--exclude: {err}") from None
     dataset = data_lib.fit_to_input(dataset, tuple(float_model.inputs[0].shape[1:]))
+    os.makedirs(cfg.output_dir, exist_ok=True)
     if phase != "qat":
         state = _train_epochs(float_model, strategy, dataset, cfg, "float",
                               epochs_done if phase == "float" else 0, cfg.float_epochs,
@@ -204,13 +292,15 @@ def run(cfg: PipelineConfig) -> dict:
     int8_path = os.path.join(cfg.output_dir, "model_int8.tflite")
     float_tflite_path = os.path.join(cfg.output_dir, "model_float.tflite")
     export_tflite(qat_model, int8_path)
-    atomic_write_bytes(float_tflite_path, tf.lite.TFLiteConverter.from_keras_model(float_model).convert())
+    with quiet_native_output():
+        float_tflite = tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
+    atomic_write_bytes(float_tflite_path, float_tflite)
     timings["export_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     float_accuracy = _accuracy(float_model, dataset)
     comparison = compare_to_model(qat_model, int8_path, dataset.x_test, dataset.y_test,
-                                  progress=cfg.verbose > 0)
+                                  progress=cfg.verbose > 0 and sys.stdout.isatty())
     timings["evaluation_s"] = time.perf_counter() - start
     metrics = {
         "model": cfg.model, "dataset": cfg.dataset,

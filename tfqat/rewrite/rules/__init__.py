@@ -21,6 +21,7 @@ from tfqat.rewrite.rules.activations import (activation_kind, build_decomposed_a
 from tfqat.rewrite.rules.base import (INPUT_SCALE, SCALE_PRESERVING, TRACKED, OutputQuant,
                                       Replacement, RewriteRule, Step, build_same_scale,
                                       build_scale_preserving, build_tracked, clone_layer,
+                                      float32_config, float32_dtype,
                                       keras_op_name)
 from tfqat.rewrite.rules.linear import (build_fused_linear, build_separable,
                                         build_standalone_batchnorm, is_batchnorm, is_linear,

@@ -60,8 +60,31 @@ class RewriteRule:
 
 
 def clone_layer(layer):
-    """A fresh layer of the same class and config (weights are copied later)."""
-    return type(layer).from_config(layer.get_config())
+    """A fresh layer of the same class and config (weights are copied later), in float32."""
+    return type(layer).from_config(float32_config(layer))
+
+
+def float32_dtype(layer):
+    """The dtype policy a copy of `layer` gets in the QAT model: float32 for a float layer.
+
+    The QAT model computes in float32 whatever the global policy: the int8 model
+    accumulates exactly in int32, which float16/bfloat16 compute would not
+    reproduce, and the fake-quant kernels take float32 only. A layer with a
+    non-float policy (an integer lookup) keeps its own.
+    """
+    policy = layer.dtype_policy
+    floating = {"float16", "bfloat16", "float32"}
+    if policy.compute_dtype in floating or policy.variable_dtype in floating:
+        return "float32"
+    return policy
+
+
+def float32_config(layer) -> dict:
+    """layer.get_config() with the dtype policy of `float32_dtype`."""
+    config = layer.get_config()
+    if "dtype" in config:
+        config["dtype"] = float32_dtype(layer)
+    return config
 
 
 def _copy_weights(pairs):
