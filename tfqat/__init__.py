@@ -8,6 +8,7 @@ Example:
 """
 
 from tfqat.nn.activations import QuantActivation
+from tfqat.calibration.batchnorm import reestimate_batchnorm
 from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
 from tfqat.diagnostics.report import LayerReport, TFLiteDiff, compare_tflite, layer_report
@@ -28,5 +29,5 @@ __all__ = [
     "NotIntegerOnlyError", "OpFidelity", "QuantActivation", "QuantBatchNormalization",
     "QuantConfig", "QuantConv1D", "QuantConv2D", "QuantConv2DTranspose", "QuantDense",
     "QuantDepthwiseConv2D", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
-    "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
+    "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model", "reestimate_batchnorm",
 ]
