@@ -72,3 +72,17 @@ def test_quick_preset_writes_report_plot_and_json(tmp_path):
     qat = rows["8-bit per-channel"]["tfqat QAT"]
     # Far above chance (10%) even on the quick schedule, and its .tflite follows it.
     assert qat["int8"] > 0.3 and qat["agreement"] > 0.9
+
+
+def test_bench_run_report_keeps_the_real_data_section(tmp_path):
+    real = _load_real()
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.REAL_DATA_MARKERS == (real.SECTION_START, real.SECTION_END)
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\nold figures\n")
+    real.update_benchmarks("## Real data\nCIFAR rows\n", benchmarks)
+    text = report.keep_real_data_section(benchmarks, "# Benchmarks\nnew figures\n")
+    assert "new figures" in text and "old figures" not in text and "CIFAR rows" in text
+    assert report.keep_real_data_section(tmp_path / "absent.md", "x\n") == "x\n"
