@@ -283,8 +283,9 @@ def tfmot_qat(tfmot, float_model, spec, data, config, seed, workdir):
     return {"train_s": done["runs"][0]["qat_train_s"], **_score(tflite, reference, data)}
 
 
-def run_benchmark(config, arrays, tfmot, workdir):
-    """Every model x seed x row; returns the JSON-able results."""
+def run_benchmark(config, arrays, tfmot, workdir, partial_path=None):
+    """Every model x seed x row; returns the JSON-able results (also written to
+    `partial_path` after each model and seed, so a killed run keeps what it measured)."""
     import keras
 
     started = time.perf_counter()
@@ -314,6 +315,8 @@ def run_benchmark(config, arrays, tfmot, workdir):
                                                   workdir)
                 entry["rows"][label] = rows
             runs.append(entry)
+            if partial_path is not None:
+                common.atomic_write(partial_path, json.dumps({"runs": runs}, indent=1))
             keras.backend.clear_session()
     return {"runs": runs, "total_s": time.perf_counter() - started}
 
@@ -433,7 +436,8 @@ def render(results, plot_path):
     stats, float_stats = collect(results)
     out = ["## Real data (CIFAR-10, JPEG copy)", "",
            f"Written by `python bench/real.py --data=… --{config['name']}` (preset "
-           f"`{config['name']}`, {results['total_s'] / 60:.1f} min on "
+           f"`{config['name']}`, {results['total_s'] / 60:.1f} min wall"
+           f"{' in %d processes side by side' % results['processes'] if results.get('processes', 1) > 1 else ''} on "
            f"{results['machine']['cores']} cores shared with other jobs). "
            f"Training images: {config['train'] or 50000} (class-balanced subset of the official "
            f"training split, minus {config['validation']} held out for choosing the calibration "
@@ -500,35 +504,9 @@ def update_benchmarks(section, benchmarks=ROOT / "BENCHMARKS.md"):
     common.atomic_write(benchmarks, text)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True,
-                        help="CIFAR-10 .npz: decoded arrays, or ../shared/data/cifar10_jpeg.npz")
-    preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="ResNet-8 on 1,000 images (minutes)")
-    preset.add_argument("--medium", action="store_true", help="both models, 3,000 images")
-    parser.add_argument("--output", help="report to write (default bench/results/real/REAL.md)")
-    parser.add_argument("--tfmot_python", help="interpreter with tf-keras and "
-                        "tensorflow-model-optimization ('none' skips TFMOT)")
-    parser.add_argument("--update_benchmarks", action="store_true",
-                        help="also write the section into BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    config = PRESETS["quick" if args.quick else "medium" if args.medium else "full"]
-    output = pathlib.Path(args.output) if args.output else BENCH / "results" / "real" / "REAL.md"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    arrays = load_cifar10(args.data)  # bad --data fails here, before any training
-
-    import run as bench_run
-
-    with tempfile.TemporaryDirectory(prefix="tfqat_real_") as workdir:
-        workdir = pathlib.Path(workdir)
-        tfmot = bench_run.find_tfmot(args.tfmot_python, workdir)
-        results = run_benchmark(config, arrays, tfmot, workdir)
-    results.update(config=dataclasses.asdict(config), machine=bench_run.machine_description(),
-                   versions=bench_run.versions(),
-                   tfmot={"available": tfmot.available, "note": tfmot.note,
-                          "versions": tfmot.versions})
+def write_report(results, output, update=False):
+    """The report, plot and JSON next to `output`; with `update`, BENCHMARKS.md's section too."""
+    output = pathlib.Path(output)
     plots_dir = output.parent / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     common.atomic_write(plots_dir / "real_results.json", json.dumps(results, indent=1))
@@ -537,9 +515,73 @@ def main(argv=None):
     plotted = plot(stats, float_stats, png)
     common.atomic_write(output, render(results, os.path.relpath(png, output.parent)
                                        if plotted else None))
-    if args.update_benchmarks:
-        plot_rel = os.path.relpath(png, ROOT) if plotted else None
-        update_benchmarks(render(results, plot_rel))
+    if update:
+        update_benchmarks(render(results, os.path.relpath(png, ROOT) if plotted else None))
+
+
+def merge(paths):
+    """One results dict from several runs' real_results.json (e.g. one process per model, run
+    side by side): runs concatenated, wall time the longest, TFMOT notes joined."""
+    parts = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    merged = dict(parts[0])
+    merged["runs"] = [run for part in parts for run in part["runs"]]
+    merged["total_s"] = max(part["total_s"] for part in parts)
+    merged["processes"] = len(parts)
+    notes = [part["tfmot"]["note"] for part in parts if part["tfmot"]["note"]]
+    merged["tfmot"] = {**parts[0]["tfmot"], "note": "; ".join(notes)}
+    return merged
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="CIFAR-10 .npz: decoded arrays, or "
+                        "../shared/data/cifar10_jpeg.npz (required unless --merge)")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="ResNet-8 on 1,000 images (minutes)")
+    preset.add_argument("--medium", action="store_true", help="both models, 3,000 images")
+    parser.add_argument("--models", help="comma-separated subset of the preset's models "
+                        "(resnet8, mobilenet_v2)")
+    parser.add_argument("--output", help="report to write (default bench/results/real/REAL.md)")
+    parser.add_argument("--tfmot_python", help="interpreter with tf-keras and "
+                        "tensorflow-model-optimization ('none' skips TFMOT)")
+    parser.add_argument("--update_benchmarks", action="store_true",
+                        help="also write the section into BENCHMARKS.md")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only write the report from "
+                        "these real_results.json files (runs of one preset, e.g. one per model)")
+    args = parser.parse_args(argv)
+    output = pathlib.Path(args.output) if args.output else BENCH / "results" / "real" / "REAL.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        write_report(merge(args.merge), output, args.update_benchmarks)
+        print(f"[real] wrote {output}", file=sys.stderr)
+        return
+    if not args.data:
+        parser.error("--data is required (CIFAR-10 as an .npz; see --help)")
+    config = PRESETS["quick" if args.quick else "medium" if args.medium else "full"]
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - {m["name"] for m in config.models})
+        if unknown:
+            parser.error(f"--models: {', '.join(unknown)} not in preset {config.name!r} "
+                         f"({', '.join(m['name'] for m in config.models)})")
+        config = dataclasses.replace(config, models=[m for m in config.models
+                                                     if m["name"] in wanted])
+    arrays = load_cifar10(args.data)  # bad --data fails here, before any training
+
+    import run as bench_run
+
+    partial = output.parent / "plots" / "real_partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tfqat_real_") as workdir:
+        workdir = pathlib.Path(workdir)
+        tfmot = bench_run.find_tfmot(args.tfmot_python, workdir)
+        results = run_benchmark(config, arrays, tfmot, workdir, partial)
+    results.update(config=dataclasses.asdict(config), machine=bench_run.machine_description(),
+                   versions=bench_run.versions(),
+                   tfmot={"available": tfmot.available, "note": tfmot.note,
+                          "versions": tfmot.versions})
+    write_report(results, output, args.update_benchmarks)
     print(f"[real] wrote {output} in {results['total_s']:.0f} s", file=sys.stderr)
 
 
