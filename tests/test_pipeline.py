@@ -55,7 +55,8 @@ def test_bad_mode_is_refused_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_readme_mobilenet_v2_digits_example_reaches_sensible_accuracy(tmp_path):
     # keras.applications' BN momentum 0.999 cannot settle in 360 steps; without the
-    # re-estimation this run scored 10.3% (issue 12).
+    # re-estimation this run scored 10.3% (issue 12); with it 95.3% float, 94.2% int8 (seed 0,
+    # 49 minutes on 2 busy cores).
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, "-m", "tfqat.cli.train", "--model=mobilenet_v2", "--alpha=0.35",
