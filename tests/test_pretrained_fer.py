@@ -86,7 +86,8 @@ def test_fer_mini_xception_calibrated_and_exported(record_property):
         record_property(name, value)
     print(figures)
     # What holds today, not the goal: issue 12's target is >= 99.5% agreement and <= 0.5 LSB.
-    # Measured here (non-face images, so many near-tied outputs): 93.7% and 2.23 LSB mean.
+    # Measured here (non-face images, so many near-tied outputs): 93.7% and 2.23 LSB mean;
+    # float vs QAT (fake-quant) top-1 agreement 95.3%.
     assert diff.agreement >= 0.90, figures
     assert diff.summary.mean_diff_lsb <= 3.0, figures
-    assert figures["float_qat_agreement"] >= 0.6, figures
+    assert figures["float_qat_agreement"] >= 0.9, figures
