@@ -542,7 +542,8 @@ def main(argv=None):
     preset.add_argument("--medium", action="store_true", help="both models, 3,000 images")
     parser.add_argument("--models", help="comma-separated subset of the preset's models "
                         "(resnet8, mobilenet_v2)")
-    parser.add_argument("--output", help="report to write (default bench/results/real/REAL.md)")
+    parser.add_argument("--output", help="report to write (default bench/results/real/REAL.md; "
+                        "with --quick bench/results/quick_real/REAL.md)")
     parser.add_argument("--tfmot_python", help="interpreter with tf-keras and "
                         "tensorflow-model-optimization ('none' skips TFMOT)")
     parser.add_argument("--update_benchmarks", action="store_true",
@@ -550,7 +551,9 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="only write the report from "
                         "these real_results.json files (runs of one preset, e.g. one per model)")
     args = parser.parse_args(argv)
-    output = pathlib.Path(args.output) if args.output else BENCH / "results" / "real" / "REAL.md"
+    # A --quick run must not overwrite the committed medium/full report.
+    default = BENCH / "results" / ("quick_real" if args.quick else "real") / "REAL.md"
+    output = pathlib.Path(args.output) if args.output else default
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
         write_report(merge(args.merge), output, args.update_benchmarks)
