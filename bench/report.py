@@ -368,7 +368,24 @@ def write(results, output, plots_dir):
     common.atomic_write(json_path, json.dumps(results, indent=1))
     relative = {n: os.path.relpath(p, output.parent) for n, p in plots.items()}
     relative["results.json"] = os.path.relpath(json_path, output.parent)
-    common.atomic_write(output, render(results, relative, plot_note))
+    common.atomic_write(output, keep_real_data_section(output, render(results, relative, plot_note)))
+
+
+REAL_DATA_MARKERS = ("<!-- bench/real.py: start -->", "<!-- bench/real.py: end -->")
+
+
+def keep_real_data_section(output, text):
+    """`text` plus the section bench/real.py wrote into the old `output`, which this run
+    does not measure (it would otherwise vanish on every bench/run.py run)."""
+    start, end = REAL_DATA_MARKERS
+    try:
+        old = pathlib.Path(output).read_text()
+    except OSError:
+        return text
+    if start not in old or end not in old:
+        return text
+    block = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+    return text.rstrip("\n") + "\n\n" + block
 
 
 def _image(plots, name, alt):

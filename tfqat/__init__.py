@@ -12,6 +12,7 @@ from tfqat.logs import begin_app_import
 _end_app_import = begin_app_import()  # the apps start quiet (tfqat/logs.py)
 
 from tfqat.nn.activations import QuantActivation
+from tfqat.calibration.batchnorm import reestimate_batchnorm
 from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
 from tfqat.diagnostics.report import LayerReport, TFLiteDiff, compare_tflite, layer_report
@@ -44,5 +45,5 @@ __all__ = [
     "QuantMultiHeadAttention", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
     "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
     "OutputQuant", "QATModel", "QuantRegistry", "QuantWrapper", "QuantizationRecord",
-    "QuantizeSpec", "Replacement", "RewriteRule", "Step", "WeightQuant", "record_of",
+    "QuantizeSpec", "Replacement", "RewriteRule", "Step", "WeightQuant", "record_of", "reestimate_batchnorm",
 ]

@@ -35,6 +35,9 @@ flags.DEFINE_string("output_dir", "runs/default", "Where models, metrics, logs a
 flags.DEFINE_integer("seed", 0, "Seed of weights, data split and batch order.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+flags.DEFINE_enum("reestimate_bn", "auto", ["auto", "on", "off"],
+                  "Recompute BatchNorm moving statistics from training data after float "
+                  "training: auto does it when BN momentum is too high for the run's step count.")
 flags.DEFINE_boolean("resume", False, "Continue from the last checkpoint in --output_dir.")
 cli.define_verbose_flag()
 
@@ -63,7 +66,8 @@ def main(argv):
             qat_epochs=FLAGS.qat_epochs, batch_size=FLAGS.batch_size,
             learning_rate=FLAGS.learning_rate, qat_learning_rate=FLAGS.qat_learning_rate,
             quant=cli.quant_config_from_flags(FLAGS), output_dir=FLAGS.output_dir,
-            seed=FLAGS.seed, strategy=FLAGS.strategy, resume=FLAGS.resume)
+            seed=FLAGS.seed, strategy=FLAGS.strategy, resume=FLAGS.resume,
+            reestimate_bn=FLAGS.reestimate_bn)
         config.validate()
         metrics = pipeline.run(config)
     except (ValueError, FileNotFoundError, ImportError, OSError) as err:

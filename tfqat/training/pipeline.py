@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfqat.training import data as data_lib
 from tfqat.training import models as models_lib
 from tfqat.training import distribute
+from tfqat.calibration import batchnorm as batchnorm_lib
 from tfqat.config import EXPORT_MAX_BITS, QuantConfig
 from tfqat.diagnostics.evaluation import compare_to_model
 from tfqat.files import atomic_write_bytes
@@ -57,6 +58,14 @@ class PipelineConfig:
     strategy: str = "default"
     resume: bool = False
     verbose: int = 2
+    reestimate_bn: str = "auto"  # auto | on | off: see reestimate_bn_after_float_training
+
+
+REESTIMATE_BN_MODES = ("auto", "on", "off")
+# At most this many training batches feed BatchNorm re-estimation.
+REESTIMATE_BN_BATCHES = 200
+# "auto" re-estimates when the initial moving statistics still weigh more than this.
+UNSETTLED_WEIGHT = 0.01
 
     def validate(self) -> None:
         """Raises ValueError naming the flag for a value the job cannot run with.
@@ -236,6 +245,9 @@ def run(cfg: PipelineConfig) -> dict:
       True
     """
     cfg.validate()
+    if cfg.reestimate_bn not in REESTIMATE_BN_MODES:
+        raise ValueError(f"--reestimate_bn={cfg.reestimate_bn!r}: use one of "
+                         f"{', '.join(REESTIMATE_BN_MODES)}.")
     strategy = distribute.make_strategy(cfg.strategy)
     if distribute.worker_index(strategy) > 0:  # only the chief writes into output_dir itself
         cfg = dataclasses.replace(
@@ -272,6 +284,7 @@ def run(cfg: PipelineConfig) -> dict:
         state = _train_epochs(float_model, strategy, dataset, cfg, "float",
                               epochs_done if phase == "float" else 0, cfg.float_epochs,
                               checkpoints, state)
+        state["bn_reestimation"] = reestimate_bn_after_float_training(float_model, dataset, cfg)
         save_model_atomically(float_model, float_path)
 
     with strategy.scope():
@@ -313,11 +326,57 @@ def run(cfg: PipelineConfig) -> dict:
         "float_tflite_bytes": os.path.getsize(float_tflite_path),
         "int8_tflite_bytes": os.path.getsize(int8_path),
         "wall_time_s": timings,
+        "bn_reestimation": state.get("bn_reestimation"),
         "quant_config": cfg.quant.to_dict(),
     }
     atomic_write_bytes(os.path.join(cfg.output_dir, "metrics.json"),
                        json.dumps(metrics, indent=2).encode())
     return metrics
+
+
+def reestimate_bn_after_float_training(model, dataset, cfg) -> dict:
+    """Recomputes the float model's BatchNorm statistics when the run could not settle them.
+
+    "auto" does it when float training ran and momentum ** steps (the weight
+    the initial mean 0 / variance 1 still has in the EMA) exceeds
+    UNSETTLED_WEIGHT for some BN: keras.applications' momentum 0.999 keeps 70%
+    of it after 360 steps. "on" always does it, "off" never. Prints what it
+    did; returns the record that goes into metrics.json.
+
+    Example:
+      >>> reestimate_bn_after_float_training(model, dataset, PipelineConfig(float_epochs=8))
+      {'mode': 'auto', 'done': True, ...}
+    """
+    mode = cfg.reestimate_bn
+    if mode not in REESTIMATE_BN_MODES:
+        raise ValueError(f"--reestimate_bn={mode!r}: use one of {', '.join(REESTIMATE_BN_MODES)}.")
+    momentum = batchnorm_lib.max_momentum(model)
+    steps = cfg.float_epochs * -(-len(dataset.y_train) // cfg.batch_size)
+    record = {"mode": mode, "done": False, "max_momentum": momentum, "float_steps": steps}
+    if momentum is None or mode == "off":
+        record["reason"] = "no trainable BatchNorm" if momentum is None else "turned off"
+        return record
+    weight = batchnorm_lib.unsettled_weight(momentum, steps)
+    record["initial_stats_weight"] = weight
+    if mode == "auto" and (cfg.float_epochs == 0 or weight <= UNSETTLED_WEIGHT):
+        record["reason"] = ("no float training in this run" if cfg.float_epochs == 0 else
+                            f"settled: momentum {momentum} ** {steps} steps = {weight:.2g}")
+        if cfg.verbose:
+            print(f"BatchNorm re-estimation: not needed ({record['reason']}).")
+        return record
+    start = time.perf_counter()
+    batches = min(REESTIMATE_BN_BATCHES, -(-len(dataset.y_train) // cfg.batch_size))
+    stats = batchnorm_lib.reestimate_batchnorm(model, dataset.x_train, steps=batches,
+                                               batch_size=cfg.batch_size)
+    record.update(done=True, layers=len(stats), batches=batches,
+                  seconds=time.perf_counter() - start,
+                  reason=("requested (--reestimate_bn=on)" if mode == "on" else
+                          f"unsettled: momentum {momentum} ** {steps} steps = {weight:.2g} of "
+                          "the initial statistics left"))
+    print(f"BatchNorm re-estimation: {record['reason']}; recomputed the moving mean and "
+          f"variance of {len(stats)} BatchNorms from {batches} training batches "
+          f"({record['seconds']:.1f} s; --reestimate_bn=off skips this).")
+    return record
 
 
 def _accuracy(model, dataset) -> float:
