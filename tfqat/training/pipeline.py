@@ -38,6 +38,13 @@ OUTPUTS = ("float.keras", "qat.keras", "model_int8.tflite", "model_float.tflite"
            "logs/", "ckpt/")
 
 
+REESTIMATE_BN_MODES = ("auto", "on", "off")
+# At most this many training batches feed BatchNorm re-estimation.
+REESTIMATE_BN_BATCHES = 200
+# "auto" re-estimates when the initial moving statistics still weigh more than this.
+UNSETTLED_WEIGHT = 0.01
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     """Everything one run needs; `tfqat-train` fills it from its flags."""
@@ -60,12 +67,6 @@ class PipelineConfig:
     verbose: int = 2
     reestimate_bn: str = "auto"  # auto | on | off: see reestimate_bn_after_float_training
 
-
-REESTIMATE_BN_MODES = ("auto", "on", "off")
-# At most this many training batches feed BatchNorm re-estimation.
-REESTIMATE_BN_BATCHES = 200
-# "auto" re-estimates when the initial moving statistics still weigh more than this.
-UNSETTLED_WEIGHT = 0.01
 
     def validate(self) -> None:
         """Raises ValueError naming the flag for a value the job cannot run with.
@@ -96,6 +97,9 @@ UNSETTLED_WEIGHT = 0.01
                     f"{EXPORT_MAX_BITS} bits.")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise ValueError(f"--output_dir: '{self.output_dir}' exists and is not a folder.")
+        if self.reestimate_bn not in REESTIMATE_BN_MODES:
+            raise ValueError(f"--reestimate_bn={self.reestimate_bn!r}: use one of "
+                             f"{', '.join(REESTIMATE_BN_MODES)}.")
 
 
 class _Checkpoints:
@@ -245,9 +249,6 @@ def run(cfg: PipelineConfig) -> dict:
       True
     """
     cfg.validate()
-    if cfg.reestimate_bn not in REESTIMATE_BN_MODES:
-        raise ValueError(f"--reestimate_bn={cfg.reestimate_bn!r}: use one of "
-                         f"{', '.join(REESTIMATE_BN_MODES)}.")
     strategy = distribute.make_strategy(cfg.strategy)
     if distribute.worker_index(strategy) > 0:  # only the chief writes into output_dir itself
         cfg = dataclasses.replace(
