@@ -304,6 +304,13 @@ class _QuantConvolution(FusedQuantLayer):
         self.padding = padding.lower()
         self.dilation_rate = self._spatial(dilation_rate)
 
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for float convolution `layer` (its geometry), with `settings`
+        (use_bias, activation, batchnorm, bits, delays, name)."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides,
+                   padding=layer.padding, dilation_rate=layer.dilation_rate, **settings)
+
     def _out_channels(self, input_shape):
         return self.filters
 
@@ -345,6 +352,13 @@ class QuantDepthwiseConv2D(FusedQuantLayer):
       >>> layer(tf.zeros([1, 8, 8, 4])).shape
       TensorShape([1, 8, 8, 8])
     """
+
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float DepthwiseConv2D `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   depth_multiplier=layer.depth_multiplier, dilation_rate=layer.dilation_rate,
+                   **settings)
 
     def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
                  dilation_rate=1, **kwargs):
@@ -392,6 +406,11 @@ class QuantDense(FusedQuantLayer):
       >>> QuantDense(10)(tf.zeros([2, 16])).shape
       TensorShape([2, 10])
     """
+
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Dense `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.units, **settings)
 
     def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
@@ -490,6 +509,13 @@ class QuantConv2DTranspose(_QuantConvolution):
       >>> layer(tf.zeros([1, 5, 5, 2])).shape
       TensorShape([1, 10, 10, 4])
     """
+
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Conv2DTranspose `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides,
+                   padding=layer.padding, output_padding=layer.output_padding,
+                   dilation_rate=layer.dilation_rate, **settings)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None,
                  dilation_rate=1, **kwargs):

@@ -12,8 +12,15 @@ from tfqat.rewrite.rules.base import (TRACKED, Replacement, RewriteRule, Step, _
                                       clone_layer)
 
 
-LINEAR_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
-                keras.layers.Conv1D, keras.layers.Conv2DTranspose)
+# The QAT class of each float linear layer (each has a `from_float` constructor).
+QAT_CLASSES = {
+    keras.layers.Conv2D: qlayers.QuantConv2D,
+    keras.layers.Conv1D: qlayers.QuantConv1D,
+    keras.layers.DepthwiseConv2D: qlayers.QuantDepthwiseConv2D,
+    keras.layers.Dense: qlayers.QuantDense,
+    keras.layers.Conv2DTranspose: qlayers.QuantConv2DTranspose,
+}
+LINEAR_TYPES = tuple(QAT_CLASSES)
 
 
 SEPARABLE_TYPES = (keras.layers.SeparableConv2D,)
@@ -109,15 +116,12 @@ def build_fused_linear(match, cfg) -> Replacement:
     linear, bn, relu = match["linear"], match.get("bn"), match.get("relu")
     _channels_last_check(linear)
     _groups_check(linear)
-    kind = type(linear)
-    if kind is keras.layers.Conv2DTranspose:
+    if type(linear) is keras.layers.Conv2DTranspose:
         # Per tensor always: see QuantConv2DTranspose. A ReLU is not fused: with a zero or
         # absent bias (no BN, or BN with default statistics) the converter leaves
         # TRANSPOSE_CONV + RELU in float. The ReLU runs as its own int8 RELU instead.
-        common = _fused_settings(linear, bn, None, cfg, per_channel=False)
-        fused = qlayers.QuantConv2DTranspose(
-            linear.filters, linear.kernel_size, strides=linear.strides, padding=linear.padding,
-            output_padding=linear.output_padding, dilation_rate=linear.dilation_rate, **common)
+        fused = qlayers.QuantConv2DTranspose.from_float(
+            linear, **_fused_settings(linear, bn, None, cfg, per_channel=False))
         layers = [fused]
         if relu is not None:
             layers += [ActivationQuantizer(bits=cfg.activation_bits, ema_decay=cfg.ema_decay,
@@ -127,20 +131,7 @@ def build_fused_linear(match, cfg) -> Replacement:
     common = _fused_settings(linear, bn, relu, cfg)
     if _is_depthwise_as_grouped(linear):
         return _depthwise_from_grouped(linear, bn, common)
-    if kind is keras.layers.Conv2D:
-        fused = qlayers.QuantConv2D(
-            linear.filters, linear.kernel_size, strides=linear.strides, padding=linear.padding,
-            dilation_rate=linear.dilation_rate, **common)
-    elif kind is keras.layers.Conv1D:
-        fused = qlayers.QuantConv1D(
-            linear.filters, linear.kernel_size, strides=linear.strides, padding=linear.padding,
-            dilation_rate=linear.dilation_rate, **common)
-    elif kind is keras.layers.DepthwiseConv2D:
-        fused = qlayers.QuantDepthwiseConv2D(
-            linear.kernel_size, strides=linear.strides, padding=linear.padding,
-            depth_multiplier=linear.depth_multiplier, dilation_rate=linear.dilation_rate, **common)
-    else:
-        fused = qlayers.QuantDense(linear.units, **common)
+    fused = QAT_CLASSES[type(linear)].from_float(linear, **common)
     return Replacement([fused], TRACKED, lambda: fused.load_float_weights(linear, bn))
 
 
