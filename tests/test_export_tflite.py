@@ -408,3 +408,4 @@ def test_densenet121_concatenations_requantize_only_the_dense_block_inputs():
     assert report.op_histogram.get("QUANTIZE", 0) <= 4, dict(report.op_histogram)
     op_by_op = tfqat.op_fidelity(qat, flatbuffer, x[:4])
     assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
