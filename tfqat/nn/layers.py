@@ -160,7 +160,12 @@ class FusedQuantLayer(keras.layers.Layer):
         return self._kernel_view(self.kernel)
 
     def _quantize(self, kernel_view, training):
-        quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel)
+        # Per tensor, TF 2.21's converter exports 5-7-bit fake-quantized weights up to 7 LSB
+        # off the QAT model (found by tests/test_fuzz_graphs.py): fewer bits are carried as
+        # int8 values on the weight_bits grid, the same values.
+        container = None if self.per_channel else 8
+        quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
+                                              container_bits=container)
         if not training:
             return quantize()
         return pass_through_during_delay(self.step.value, self.quant_delay, kernel_view, quantize)
@@ -381,17 +386,6 @@ class QuantDense(FusedQuantLayer):
 
     def _kernel_shape(self, input_shape):
         return (input_shape[-1], self.units)
-
-    def _quantize(self, kernel_view, training):
-        # Per tensor (FULLY_CONNECTED), TF 2.21's converter exports 5-7-bit fake-quantized
-        # weights up to 2 LSB off the QAT model (found by tests/test_fuzz_graphs.py): fewer
-        # bits are carried as int8 values on the weight_bits grid, the same values.
-        container = None if self.per_channel else 8
-        quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
-                                              container_bits=container)
-        if not training:
-            return quantize()
-        return pass_through_during_delay(self.step.value, self.quant_delay, kernel_view, quantize)
 
     def _out_channels(self, input_shape):
         return self.units
