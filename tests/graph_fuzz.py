@@ -350,7 +350,8 @@ def _set_weights(model, rng):
 def describe(case: FuzzCase) -> str:
     """One line per op, for failure messages."""
     lines = [f"input {case.input_shape}, head {case.head}, sequential={case.sequential}, "
-             f"config {case.config}, fit_steps {case.fit_steps}, calibration {case.calibration}"]
+             f"config {case.config}, fit_steps {case.fit_steps}, calibration {case.calibration}, "
+             f"seed {case.seed}"]
     lines += [f"  t{i + 1} = {op.kind}{list(op.inputs)} {dict(op.params)}"
               for i, op in enumerate(case.ops)]
     return "\n".join(lines)

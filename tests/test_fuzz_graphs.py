@@ -171,6 +171,18 @@ def test_random_graphs_long_profile():
     _run_profile(LONG_EXAMPLES)
 
 
+def test_shrunk_max_pool_relu6_per_tensor_6_bit_dense_matches_op_by_op():
+    # Found by the fuzzer: the per-tensor 6-bit Dense head was 2 LSB off the .tflite op by op
+    # (mean 1.25 LSB); its weights now go to the converter as int8 on the 6-bit grid.
+    pool = graph_fuzz.OpSpec("maxpool", (0,), (("pool_size", 3), ("relu_after", "relu6"),
+                                               ("strides", 1)))
+    case = graph_fuzz.FuzzCase(
+        (8, 8, 3), (pool,), "flatten_dense", False,
+        dict(per_channel=False, weight_bits=6, activation_bits=8, quant_delay=3,
+             bn_freeze_delay=5), fit_steps=1, calibration="minmax", seed=2)
+    run_case(case)
+
+
 def survey(max_examples, log=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported", "kind8" or the failure's first line.
