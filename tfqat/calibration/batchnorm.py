@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfqat.calibration.calibrators import input_batches
 from tfqat.nn.layers import FusedQuantLayer
+from tfqat.rewrite import graph
 
 # Layers whose training-mode noise is switched off while statistics are gathered.
 _NOISE_ATTRIBUTES = (
@@ -58,7 +59,7 @@ def batchnorm_layers(model) -> list:
       ['bn1', 'bn2', 'bn3']
     """
     found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in graph.all_layers(model):
         is_bn = isinstance(layer, keras.layers.BatchNormalization) or (
             isinstance(layer, FusedQuantLayer) and layer.batchnorm is not None)
         if is_bn and layer.trainable:
@@ -110,7 +111,7 @@ def _pre_normalization(layer, x):
 @contextlib.contextmanager
 def _noise_off(model):
     changed = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in graph.all_layers(model):
         for kind, attribute in _NOISE_ATTRIBUTES:
             if isinstance(layer, kind) and getattr(layer, attribute, 0):
                 changed.append((layer, attribute, getattr(layer, attribute)))

@@ -44,7 +44,7 @@ cli.define_verbose_flag()
 GROUPS = (
     ("Model and data", ("model", "dataset", "data_dir", "alpha", "input_size")),
     ("Training", ("float_epochs", "qat_epochs", "batch_size", "learning_rate",
-                  "qat_learning_rate", "seed", "strategy")),
+                  "qat_learning_rate", "seed", "strategy", "reestimate_bn")),
     ("Quantization (one flag per QuantConfig field)", cli.QUANT_FLAGS),
     ("Outputs", ("output_dir", "resume", "verbose")),
 )

@@ -303,7 +303,8 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
       (0.998, {0: 35712, 1: 188})
       >>> print(diff)
     """
-    if not isinstance(data, (list, tuple, dict)) and not hasattr(data, "shape"):
+    several = len(qat_model.inputs) > 1
+    if not (hasattr(data, "shape") or several and isinstance(data, (list, tuple, dict))):
         raise TypeError(f"compare_tflite: data must be a numpy array of inputs (a list or dict "
                         f"of them for several inputs), not {type(data).__name__}.")
     x = check_inputs(qat_model, data, "data", "compare_tflite")
@@ -312,7 +313,8 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
         raise ValueError("compare_tflite: data holds no inputs; pass at least one input, "
                          "batch axis first.")
     if labels is not None:
-        flat = [np.asarray(l).reshape(-1) for l in keras.tree.flatten(labels)]
+        per_output = isinstance(labels, (list, tuple)) and len(qat_model.outputs) > 1
+        flat = [np.asarray(l).reshape(-1) for l in (labels if per_output else [labels])]
         if any(len(l) != count for l in flat):
             raise ValueError(f"compare_tflite: {len(flat[0])} labels for {count} inputs; pass "
                              "one class label per input.")

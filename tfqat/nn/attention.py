@@ -1,6 +1,6 @@
 """MultiHeadAttention as the int8 ops TFLite runs it.
 
-Checked with TF 2.21's converter (../shared/DESIGN.md, "Integer-only
+Checked with TF 2.21's converter (docs/design.md, "Integer-only
 transformer ops"): the q/k/v and output projections are matmuls with per-tensor
 weights (int8 FULLY_CONNECTED; per-channel weights hit the converter's
 "mismatched quantized axes" error), the head split is RESHAPE + TRANSPOSE

@@ -1,6 +1,6 @@
 """LayerNormalization as the int8 ops TFLite runs it.
 
-Checked with TF 2.21's converter (../shared/DESIGN.md, "Integer-only
+Checked with TF 2.21's converter (docs/design.md, "Integer-only
 transformer ops"): mean -> x - mean -> d * d -> mean -> + eps -> rsqrt -> d * r
 [-> * gamma] [-> + beta] is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL (MUL, ADD),
 all int8, only when every intermediate tensor has its own fake quant

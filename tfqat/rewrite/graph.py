@@ -329,3 +329,8 @@ def defined_in_keras(layer, package: str) -> bool:
     """Whether `layer`'s class is Keras's own, from its (private) `package`, e.g.
     "applications" for keras.applications' internal layers (ConvNeXt's LayerScale)."""
     return type(layer).__module__.startswith(f"keras.src.{package}")
+
+
+def attention_output_shape(layer):
+    """A MultiHeadAttention's `output_shape` argument (Keras keeps it only privately)."""
+    return layer._output_shape

@@ -32,6 +32,7 @@ from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.export.tflite import export_tflite
 from tfqat.rewrite.graph import flatten_model
 from tfqat.rewrite.quantize import quantize_model
+from tfqat.rewrite import graph
 
 # What a finished run leaves in output_dir (tfqat-train's closing line lists them).
 OUTPUTS = ("float.keras", "qat.keras", "model_int8.tflite", "model_float.tflite", "metrics.json",
@@ -223,7 +224,7 @@ def load_model_file(path, flag="--model"):
 def is_qat_model(model) -> bool:
     """Whether `model` holds tfqat quantizers (made by quantize_model)."""
     return any(isinstance(layer, (FusedQuantLayer, ActivationQuantizer, QuantActivation))
-               for layer in model._flatten_layers(include_self=False, recursive=True))
+               for layer in graph.all_layers(model))
 
 
 def _float_model(cfg, dataset):

@@ -7,6 +7,7 @@ import keras
 
 from tfqat.nn.attention import QuantMultiHeadAttention
 from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step
+from tfqat.rewrite import graph
 
 
 def is_multi_head_attention(layer) -> bool:
@@ -47,8 +48,8 @@ def _attention_settings_check(mha):
         problems.append(f"sliding_window={mha._sliding_window}")
     if mha._attention_axes not in (None, (1,), [1]):
         problems.append(f"attention_axes={mha._attention_axes}")
-    if mha._output_shape is not None and len(mha._output_shape) != 1:
-        problems.append(f"output_shape={mha._output_shape}")
+    if graph.attention_output_shape(mha) is not None and len(graph.attention_output_shape(mha)) != 1:
+        problems.append(f"output_shape={graph.attention_output_shape(mha)}")
     if problems:
         raise ValueError(
             f"MultiHeadAttention '{mha.name}' uses {', '.join(problems)}; tfqat quantizes "
@@ -71,7 +72,7 @@ def build_multi_head_attention(match, cfg) -> Replacement:
     layer = QuantMultiHeadAttention(
         num_heads=mha._num_heads, key_dim=mha._key_dim, value_dim=mha._value_dim,
         use_bias=mha._use_bias, dropout=mha._dropout,
-        output_dim=None if mha._output_shape is None else mha._output_shape[0],
+        output_dim=None if graph.attention_output_shape(mha) is None else graph.attention_output_shape(mha)[0],
         weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
         ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay, name=mha.name)
     return Replacement([layer], TRACKED, lambda: layer.load_float_weights(mha))
