@@ -40,3 +40,10 @@ def test_custom_model(capsys):
     out = capsys.readouterr().out
     assert "'first_conv': 8" in out and "'pw1': 4" in out and "'classifier': 8" in out
     assert "export refused, as expected" in out and "classifier" in out
+
+
+@pytest.mark.slow
+def test_custom_layer(capsys):
+    assert load_example("custom_layer").main(["--steps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "int8_layer:ChannelScale" in out and "spec:ScaledDense" in out and "conv_bn_block" in out
