@@ -150,26 +150,6 @@ def split(arrays, config, seed):
 
 # ---- measurements ---------------------------------------------------------------------
 
-def converter_ptq(float_model, samples, per_channel=True):
-    """The TFLite converter's full-integer PTQ (representative dataset), int8 in/out."""
-    import tensorflow as tf
-
-    def representative_dataset():
-        for index in range(len(samples)):
-            yield [samples[index:index + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    if not per_channel:
-        converter._experimental_disable_per_channel = True  # the converter's per-tensor switch
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
-
-
 def _accuracy(probabilities, labels):
     return float(np.mean(np.asarray(probabilities).argmax(-1) == labels))
 
@@ -304,8 +284,11 @@ def run_benchmark(config, arrays, tfmot, workdir, partial_path=None):
                 print(f"[real] {spec['key']} seed {seed}: {label} ...", file=sys.stderr, flush=True)
                 rows = {}
                 if converter_can:
-                    tflite = converter_ptq(float_model, calibration,
-                                           per_channel=kwargs.get("per_channel", True))
+                    from tfqat.diagnostics import evaluation
+
+                    tflite = evaluation.converter_ptq(
+                        float_model, calibration, num_samples=len(calibration),
+                        per_channel=kwargs.get("per_channel", True))
                     reference = float_model.predict(data["x_test"], batch_size=256, verbose=0)
                     rows["converter PTQ"] = _score(tflite, reference, data)
                 rows["tfqat PTQ"], method = tfqat_ptq(float_model, kwargs, data, config)

@@ -7,6 +7,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tfqat.logs import quiet_native_output
 from tfqat.export.reader import TensorInfo, dequantize, quantize, read_tflite
 
 
@@ -175,7 +176,7 @@ def _compare(keras_out, lite, y) -> Comparison:
         max_diff_lsb=float(diff_lsb.max()), mean_diff_lsb=float(diff_lsb.mean()), **accuracies)
 
 
-def converter_ptq(float_model, samples, num_samples: int = 256) -> bytes:
+def converter_ptq(float_model, samples, num_samples: int = 256, per_channel: bool = True) -> bytes:
     """The TFLite converter's own full-integer post-training quantization of a float model.
 
     A baseline to compare tfqat against: int8 input/output, ranges from
@@ -200,4 +201,7 @@ def converter_ptq(float_model, samples, num_samples: int = 256) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    if not per_channel:
+        converter._experimental_disable_per_channel = True  # the converter's per-tensor switch
+    with quiet_native_output():
+        return converter.convert()
