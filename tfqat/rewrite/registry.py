@@ -28,12 +28,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 import tensorflow as tf
 
-from tfqat.nn.quantizers import ActivationQuantizer, add_step_counter, fake_quant_weights, \
-    pass_through_during_delay
+from tfqat.nn.quantizers import (ActivationQuantizer, add_step_counter, fake_quant_weights,
+                                 pass_through_during_delay)
 from tfqat.rewrite import rules as rules_lib
 from tfqat.rewrite.rules.base import (INPUT_SCALE, SCALE_PRESERVING, TRACKED, OutputQuant,
                                       Replacement, RewriteRule, Step, _clone_chain, clone_layer)
@@ -198,8 +199,6 @@ class QuantWrapper(keras.layers.Layer):
 
 
 def _takes_training(layer) -> bool:
-    import inspect
-
     return "training" in inspect.signature(layer.call).parameters
 
 
