@@ -6,7 +6,9 @@ For each public class of `keras.layers` (aliases merged), a probe model
 `op_fidelity`. The row says what happened:
 
 - quantized: exports integer-only, every int8 tensor within 1 LSB op by op;
-- pass-through: quantized, the layer keeps its input's int8 tensor (no op of its own);
+- pass-through: the layer moves int8 values without arithmetic and keeps its
+  input's scale (reshapes, max pooling, padding);
+- dropped at export: it acts only in training (augmentation, noise) and leaves no op;
 - refused: `quantize_model` (or export) says why, naming the layer;
 - failed: anything else (a bug: the table shows the error).
 
@@ -90,8 +92,9 @@ def measure(name: str) -> dict:
     if fidelity.unmatched or fidelity.max_diff_lsb > 1.0 + 1e-3:
         return {"status": "failed", "detail": f"op by op: {fidelity.max_diff_lsb:.1f} LSB, "
                 f"unmatched {list(fidelity.unmatched)}"}
-    status = "pass-through" if decision is not None and decision.scale_policy == "shared" \
-        else "quantized"
+    rule = decision.rule if decision else ""
+    status = {"inference_identity": "dropped at export",
+              "scale_preserving": "pass-through"}.get(rule, "quantized")
     ops = sorted({op.name for op in tfqat.inspect_tflite(flatbuffer).ops})
     return {"status": status, "detail": f"rule {decision.rule if decision else '?'}; "
             f"ops {', '.join(ops)}; max {fidelity.max_diff_lsb:.0f} LSB"}

@@ -68,7 +68,6 @@ PROBES = {
     "GroupNormalization": ({"groups": 3}, (8, 8, 3), "float"),
     "GroupQueryAttention": ({"head_dim": 2, "num_query_heads": 2, "num_key_value_heads": 1},
                             (6, 4), "pair"),
-    "Hashing": ({"num_bins": 4}, (), "tokens"),
     "Identity": ({}, (8, 8, 3), "float"),
     "LSTM": ({"units": 4}, (6, 3), "float"),
     "LayerNormalization": ({}, (6, 4), "float"),
@@ -108,6 +107,11 @@ PROBES = {
     "ZeroPadding3D": ({"padding": 1}, (4, 4, 4, 3), "float"),
     # Image augmentation: active in training only.
     "RandomBrightness": ({"factor": 0.1}, (8, 8, 3), "image"),
+    "RandomColorDegeneration": ({"factor": 0.1}, (8, 8, 3), "image"),
+    "RandomHue": ({"factor": 0.1}, (8, 8, 3), "image"),
+    "RandomPosterization": ({"factor": 4}, (8, 8, 3), "image"),
+    "RandomSaturation": ({"factor": 0.1}, (8, 8, 3), "image"),
+    "RandomSharpness": ({"factor": 0.1}, (8, 8, 3), "image"),
     "RandomContrast": ({"factor": 0.1}, (8, 8, 3), "image"),
     "RandomCrop": ({"height": 6, "width": 6}, (8, 8, 3), "image"),
     "RandomFlip": ({}, (8, 8, 3), "image"),
@@ -146,6 +150,8 @@ NOT_PROBED = {
     "MelSpectrogram": "audio preprocessing (FFT): no int8 TFLite kernel",
     "STFTSpectrogram": "audio preprocessing (FFT): no int8 TFLite kernel",
     "ReversibleEmbedding": "keras_hub-style tied embedding (two call modes)",
+    "Hashing": "categorical preprocessing (integer hashing) before a model's int8 part",
+    "MaxNumBoundingBoxes": "bounding-box preprocessing",
 }
 
 
@@ -159,11 +165,13 @@ def layer_classes(keras) -> dict:
     import inspect
 
     seen = {}
-    for name in sorted(dir(keras.layers)):
+    known = {*PROBES, *WRAPPERS, *NOT_PROBED}
+    # Of several names for one class, the one the tables use (else the first alphabetically).
+    for name in sorted(dir(keras.layers), key=lambda n: (n not in known, n)):
         cls = getattr(keras.layers, name)
         if inspect.isclass(cls) and issubclass(cls, keras.layers.Layer) and cls not in seen.values():
             seen[name] = cls
-    return seen
+    return dict(sorted(seen.items()))
 
 
 def aliases(keras) -> dict:
