@@ -214,14 +214,20 @@ def _scope_owners(tensor_names, calls) -> dict:
     return owners
 
 
-def _mark_passed(tensor, located, covered):
-    """Adds to `covered` the unlocated quantizer outputs between `tensor` and its sources."""
+def _mark_passed(tensor, located, covered, walked=None):
+    """Adds to `covered` the unlocated quantizer outputs between `tensor` and its sources.
+
+    `walked` holds the tensors already walked from, so a branchy graph (NASNet's cells) is
+    walked once per tensor, not once per path.
+    """
+    walked = set() if walked is None else walked
     for parent in graph.parents_of(tensor):
-        if id(parent) in located and located[id(parent)] is not None:
-            continue  # a located tensor: a source
+        if id(parent) in walked or located.get(id(parent)) is not None:
+            continue  # walked already, or a located tensor: a source
+        walked.add(id(parent))
         if id(parent) in located:
             covered.add(id(parent))
-        _mark_passed(parent, located, covered)
+        _mark_passed(parent, located, covered, walked)
 
 
 AMBIGUOUS = -1  # several .tflite tensors could be the quantizer's, with different values
