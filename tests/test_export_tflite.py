@@ -422,14 +422,23 @@ def test_savedmodel_and_keras_export_paths(exported, tmp_path):
     """The other ways out of Keras, as README's "Other export paths" describes them."""
     qat, flatbuffer = exported
     # Keras's SavedModel export, converted with export_tflite's settings: integer-only.
-    qat.export(str(tmp_path / "keras_sm"), format="tf_saved_model", verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # this path needs no warning
+        qat.export(str(tmp_path / "keras_sm"), format="tf_saved_model", verbose=False)
     converted = _int8_settings(
         tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "keras_sm"))).convert()
     assert tfqat.inspect_tflite(converted).integer_only
-    # Keras's LiteRT export with no settings: a float model, silently.
-    qat.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
+    # Keras's LiteRT export converts with no int8 settings: a float model, with a warning
+    # that names export_tflite.
+    with pytest.warns(UserWarning, match=r"tfqat\.export_tflite"):
+        qat.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
     litert = tfqat.inspect_tflite(str(tmp_path / "keras.tflite"))
     assert not litert.integer_only and "float32" in {t.dtype for t in litert.inputs}
+    # tf.saved_model.save writes a SavedModel the converter cannot convert: warned at save time.
+    with pytest.warns(UserWarning, match=r"from_saved_model cannot convert.*export_tflite"):
+        tf.saved_model.save(qat, str(tmp_path / "tf_sm"))
+    with pytest.raises(Exception, match="FakeQuantWithMinMaxVarsPerChannel"):
+        _int8_settings(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "tf_sm"))).convert()
 
 
 def test_export_is_quiet_unless_verbose(exported, capfd, monkeypatch):

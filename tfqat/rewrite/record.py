@@ -11,6 +11,7 @@ saved in the model's config (`QATModel.get_config`), so a loaded model has it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import keras
 from tfqat.rewrite.graph import Functional
@@ -150,6 +151,18 @@ class RecordBuilder:
         return QuantizationRecord(tuple(self.decisions), tuple(self.quantizers.values()))
 
 
+LITERT_EXPORT_WARNING = (
+    "Keras's export(format='litert') converts a QAT model without int8 settings and writes a "
+    "float model (float input/output and kernels, QUANTIZE/DEQUANTIZE pairs). Use "
+    "tfqat.export_tflite(qat_model, path) for the integer-only int8 model.")
+SAVED_MODEL_WARNING = (
+    "tf.saved_model.save of a tfqat QAT model: TFLiteConverter.from_saved_model cannot convert "
+    "the result ('tf.FakeQuantWithMinMaxVarsPerChannel' op is neither a custom op nor a flex "
+    "op). Use tfqat.export_tflite(qat_model, path) for a .tflite; for a SavedModel to convert "
+    "yourself, write it with qat_model.export(dir, format='tf_saved_model') and convert with "
+    "optimizations=[tf.lite.Optimize.DEFAULT] and int8 inference input/output types.")
+
+
 @keras.saving.register_keras_serializable(package="tfqat")
 class QATModel(Functional):
     """The Functional model `quantize_model` returns: the QAT graph plus its record.
@@ -172,6 +185,31 @@ class QATModel(Functional):
     @property
     def quantization_record(self) -> QuantizationRecord | None:
         return self._quantization_record
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras's `Model.export`, with a warning where its result is not an int8 model.
+
+        Keras converts `format="litert"` without int8 settings: the file has float
+        input and output and float kernels. `tfqat.export_tflite(qat, path)` writes
+        the integer-only model.
+        """
+        if format == "litert":
+            warnings.warn(LITERT_EXPORT_WARNING, UserWarning, stacklevel=2)
+        self._keras_export_running = True  # Keras's SavedModel export converts fine
+        try:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        finally:
+            self._keras_export_running = False
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # TensorFlow's SavedModel protocol: `tf.saved_model.save(qat, d)` asks the model
+        # for its children. TFLiteConverter.from_saved_model cannot fold the weight fake
+        # quants of what it writes; say so before the user converts.
+        if save_type == "savedmodel" and not getattr(self, "_keras_export_running", False):
+            warnings.warn(SAVED_MODEL_WARNING, UserWarning, stacklevel=2)
+        return super()._trackable_children(save_type, **kwargs)
 
     def get_config(self):
         config = super().get_config()
