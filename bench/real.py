@@ -474,13 +474,15 @@ def render(results, plot_path):
     return "\n".join(out) + "\n"
 
 
-def update_benchmarks(section, benchmarks=ROOT / "BENCHMARKS.md"):
-    """Puts `section` between the bench/real.py markers of BENCHMARKS.md (appended if absent)."""
+def update_benchmarks(section, benchmarks=ROOT / "BENCHMARKS.md", markers=None):
+    """Puts `section` between the bench/real.py markers of BENCHMARKS.md (appended if absent);
+    `markers`: another script's (start, end) pair."""
+    start, end = markers or (SECTION_START, SECTION_END)
     text = benchmarks.read_text() if benchmarks.exists() else "# Benchmarks\n"
-    block = f"{SECTION_START}\n{section}{SECTION_END}\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block

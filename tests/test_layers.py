@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfqat
+
 from tfqat.nn.activations import QuantActivation
 from tfqat.nn.layers import (QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantConv2DTranspose,
                           QuantDense, QuantDepthwiseConv2D, QuantRescaling)
@@ -70,11 +72,14 @@ def loss_weights(shape):
     return tf.constant(np.random.default_rng(7).normal(size=shape).astype("float32"))
 
 
+@pytest.mark.parametrize("bn_fold", ["exact", "approximate"])
 @pytest.mark.parametrize("kind,use_bias", CASES)
-def test_before_freeze_matches_batchnorm_training_in_value_and_gradient(kind, use_bias):
+def test_before_freeze_matches_batchnorm_training_in_value_and_gradient(kind, use_bias, bn_fold):
+    # With quantization off, the approximate fold's statistics (of the folded conv's output
+    # rescaled by sigma_mv / gamma) are those of the unfolded conv, so both modes match.
     x = inputs_for(kind)
     linear, bn = float_pair(kind, use_bias, x.shape)
-    fused = fused_from(linear, bn, x.shape)
+    fused = fused_from(linear, bn, x.shape, bn_fold=bn_fold)
     with tf.GradientTape(persistent=True) as tape:
         expected = bn(linear(x), training=True)
         actual = fused(x, training=True)
@@ -101,11 +106,12 @@ def test_inference_matches_batchnorm_inference(kind, use_bias):
                                atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("bn_fold", ["exact", "approximate"])
 @pytest.mark.parametrize("kind,use_bias", CASES)
-def test_after_freeze_training_equals_inference_and_stats_stop(kind, use_bias):
+def test_after_freeze_training_equals_inference_and_stats_stop(kind, use_bias, bn_fold):
     x = inputs_for(kind)
     linear, bn = float_pair(kind, use_bias, x.shape)
-    fused = fused_from(linear, bn, x.shape, bits=8, bn_freeze_delay=2)
+    fused = fused_from(linear, bn, x.shape, bits=8, bn_freeze_delay=2, bn_fold=bn_fold)
     fused(x, training=True)
     fused(x, training=True)
     assert fused.bn_frozen()
@@ -129,6 +135,52 @@ def test_moving_stats_update_until_the_freeze_step():
     assert not np.array_equal(history[0], history[1])  # step 1 < 2: still updating
     np.testing.assert_array_equal(history[1], history[2])  # frozen from step 2 on
     np.testing.assert_array_equal(history[2], history[3])
+
+
+def _convolutions_per_training_step(fused, x):
+    graph = tf.function(lambda v: fused(v, training=True)).get_concrete_function(x).graph
+    return sum(op.type == "Conv2D" for op in graph.get_operations())
+
+
+def test_approximate_fold_runs_one_convolution_per_step_and_stays_close_at_8_bits():
+    x = inputs_for("conv")
+    linear, bn = float_pair("conv", True, x.shape)
+    exact = fused_from(linear, bn, x.shape, bits=8)
+    approximate = fused_from(linear, bn, x.shape, bits=8, bn_fold="approximate")
+    assert _convolutions_per_training_step(exact, x) == 2
+    assert _convolutions_per_training_step(approximate, x) == 1
+    # The statistics come from the 8-bit weights instead of the float ones: close, not equal.
+    exact_out, approx_out = exact(x, training=True), approximate(x, training=True)
+    assert not np.array_equal(exact_out, approx_out)
+    np.testing.assert_allclose(approx_out, exact_out, atol=0.05)
+    np.testing.assert_allclose(approximate.moving_mean, exact.moving_mean, atol=0.01)
+
+
+def test_approximate_fold_keeps_moving_stats_of_a_zero_gamma_channel():
+    x = inputs_for("conv")
+    linear, bn = float_pair("conv", False, x.shape)
+    bn.gamma.assign(np.array([0.0, 1, 1, 1, 1, 1], "float32"))
+    fused = fused_from(linear, bn, x.shape, bits=8, bn_fold="approximate")
+    mean_before, var_before = fused.moving_mean.numpy()[0], fused.moving_variance.numpy()[0]
+    outputs = fused(x, training=True).numpy()
+    assert np.isfinite(outputs).all() and np.isfinite(fused.moving_variance.numpy()).all()
+    assert fused.moving_mean.numpy()[0] == mean_before
+    assert fused.moving_variance.numpy()[0] == var_before
+    np.testing.assert_allclose(outputs[..., 0], fused.beta.numpy()[0], atol=1e-6)
+
+
+def test_bn_fold_is_validated_and_reaches_the_fused_layers():
+    with pytest.raises(ValueError, match="bn_fold='fast'"):
+        tfqat.QuantConfig(bn_fold="fast")
+    with pytest.raises(ValueError, match="bn_fold"):
+        QuantConv2D(4, 3, batchnorm={}, bn_fold="fast")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    qat = tfqat.quantize_model(keras.Model(inputs, outputs),
+                               tfqat.QuantConfig(bn_fold="approximate"))
+    fused = [layer for layer in qat.layers if isinstance(layer, QuantConv2D)]
+    assert [layer.bn_fold for layer in fused] == ["approximate"]
+    assert QuantConv2D.from_config(fused[0].get_config()).bn_fold == "approximate"
 
 
 def test_frozen_gradients_equal_inference_form_gradients():
@@ -286,8 +338,6 @@ def test_decomposed_activation_config_round_trip():
 
 
 def _conv_bn_stack(bn_freeze_delay):
-    import tfqat
-
     keras.utils.set_random_seed(7)
     inp = keras.Input((8, 8, 3))
     x = inp

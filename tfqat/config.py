@@ -16,7 +16,10 @@ LAYER_FIELDS = (
     "ema_decay",
     "quant_delay",
     "bn_freeze_delay",
+    "bn_fold",
 )
+
+BN_FOLD_MODES = ("exact", "approximate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,7 @@ class LayerQuantConfig:
     ema_decay: float = 0.999
     quant_delay: int = 0
     bn_freeze_delay: int | None = None
+    bn_fold: str = "exact"
 
     def __post_init__(self):
         _validate_fields(self, where="QuantConfig")
@@ -47,6 +51,11 @@ class QuantConfig(LayerQuantConfig):
         activation ranges are already tracked.
       bn_freeze_delay: training step from which folded BatchNorm layers use
         their moving statistics and stop updating them; None never freezes.
+      bn_fold: how a folded BatchNorm trains before the freeze. "exact" (default)
+        normalizes with the batch statistics of the unquantized convolution, a
+        second convolution per step; "approximate" takes them from the quantized
+        folded convolution's output rescaled by sigma_mv / gamma, one
+        convolution per step (faster, gradients not exact; see docs/design.md).
       exclude: layer names or layer classes to leave in float.
       overrides: layer name -> dict of the fields above, for that layer only.
 
@@ -130,6 +139,8 @@ def _validate_fields(cfg, where: str) -> None:
         raise ValueError(f"{where}.per_channel={cfg.per_channel!r}: must be True or False.")
     if not 0.0 < float(cfg.ema_decay) < 1.0:
         raise ValueError(f"{where}.ema_decay={cfg.ema_decay!r}: must lie strictly between 0 and 1.")
+    if cfg.bn_fold not in BN_FOLD_MODES:
+        raise ValueError(f"{where}.bn_fold={cfg.bn_fold!r}: must be one of {BN_FOLD_MODES}.")
     for field in ("quant_delay", "bn_freeze_delay"):
         value = getattr(cfg, field)
         if value is None and field == "bn_freeze_delay":

@@ -45,11 +45,14 @@ def define_quant_flags() -> None:
     flags.DEFINE_integer("quant_delay", 0, "QAT steps before quantization starts.")
     flags.DEFINE_integer("bn_freeze_delay", None, "QAT step from which folded BatchNorms use "
                          "moving statistics; unset never freezes.")
+    flags.DEFINE_enum("bn_fold", "exact", ["exact", "approximate"], "How folded BatchNorms "
+                      "train before the freeze: exact (two convolutions per step) or approximate "
+                      "(one; statistics from the quantized convolution).")
     flags.DEFINE_list("exclude", [], "Layer names to leave in float.")
 
 
 QUANT_FLAGS = ("weight_bits", "activation_bits", "per_channel", "ema_decay", "quant_delay",
-               "bn_freeze_delay", "exclude")
+               "bn_freeze_delay", "bn_fold", "exclude")
 
 
 def help_text(program: str, doc: str, groups) -> str:
@@ -96,4 +99,4 @@ def quant_config_from_flags(values):
         weight_bits=values.weight_bits, activation_bits=values.activation_bits,
         per_channel=values.per_channel, ema_decay=values.ema_decay,
         quant_delay=values.quant_delay, bn_freeze_delay=values.bn_freeze_delay,
-        exclude=tuple(values.exclude))
+        bn_fold=values.bn_fold, exclude=tuple(values.exclude))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfqat.config import BN_FOLD_MODES
 from tfqat.nn.quantizers import add_step_counter, fake_quant_weights, pass_through_during_delay
 
 FUSABLE_ACTIVATIONS = {
@@ -49,11 +50,12 @@ class FusedQuantLayer(keras.layers.Layer):
       activation: None, "relu" or "relu6", fused into the op.
       batchnorm: None, or a dict with the folded BatchNormalization's
         `epsilon`, `momentum`, `center` and `scale`.
-      weight_bits, per_channel, quant_delay, bn_freeze_delay: as in QuantConfig.
+      weight_bits, per_channel, quant_delay, bn_freeze_delay, bn_fold: as in
+        QuantConfig.
     """
 
     def __init__(self, *, use_bias=True, activation=None, batchnorm=None, weight_bits=8,
-                 per_channel=True, quant_delay=0, bn_freeze_delay=None,
+                 per_channel=True, quant_delay=0, bn_freeze_delay=None, bn_fold="exact",
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if activation not in FUSABLE_ACTIVATIONS:
@@ -72,6 +74,9 @@ class FusedQuantLayer(keras.layers.Layer):
         self.per_channel = bool(per_channel)
         self.quant_delay = int(quant_delay)
         self.bn_freeze_delay = None if bn_freeze_delay is None else int(bn_freeze_delay)
+        if bn_fold not in BN_FOLD_MODES:
+            raise ValueError(f"Layer '{self.name}': bn_fold={bn_fold!r}; use one of {BN_FOLD_MODES}.")
+        self.bn_fold = bn_fold
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     # ---- subclass hooks -------------------------------------------------
@@ -205,16 +210,26 @@ class FusedQuantLayer(keras.layers.Layer):
         # gradient through sigma_b cancels exactly: computed from sigma_mv, the trained
         # weights are bit for bit the exported ones, with fewer ops.
         w_fold = self.folded_kernel_view()
-        unbiased_outputs = self._linear(inputs, self._raw_kernel_view())
         quantized_outputs = self._linear(inputs, self._quantize(w_fold, True))
-        axes = list(range(len(unbiased_outputs.shape) - 1))
-        # Synchronized across replicas so results do not depend on the replica count.
-        unbiased_mean, batch_variance = keras.ops.moments(
-            unbiased_outputs, axes=axes, synchronized=_replicas_in_sync() > 1)
-        batch_mean = unbiased_mean + bias  # the conv bias only shifts the mean
         eps = self.batchnorm["epsilon"]
-        sigma_b = tf.sqrt(batch_variance + eps)
         sigma_mv = self._moving_sigma()
+        if self.bn_fold == "exact":
+            unbiased_mean, batch_variance = self._moments(
+                self._linear(inputs, self._raw_kernel_view()))
+        else:
+            # One convolution: the statistics of conv(x, W) estimated from those of the
+            # quantized conv(x, W * scale), scale = gamma / sigma_mv; a zero gamma gives
+            # zero weights, so that channel keeps its moving statistics.
+            scale = gamma / sigma_mv
+            quantized_mean, quantized_variance = self._moments(quantized_outputs)
+            unbiased_mean = tf.math.divide_no_nan(quantized_mean, scale)
+            batch_variance = tf.math.divide_no_nan(quantized_variance, tf.square(scale))
+            dead = tf.equal(scale, 0.0)
+            unbiased_mean = tf.where(dead, self.moving_mean - bias, unbiased_mean)
+            batch_variance = tf.where(dead, tf.convert_to_tensor(self.moving_variance),
+                                      batch_variance)
+        batch_mean = unbiased_mean + bias  # the conv bias only shifts the mean
+        sigma_b = tf.sqrt(batch_variance + eps)
         correction_scale = tf.identity(sigma_b / sigma_mv, name="correction_scale")
         correction_recip = tf.identity(1.0 / correction_scale, name="correction_recip")
         correction_offset = tf.identity(tf.zeros_like(batch_mean), name="correction_offset")
@@ -231,6 +246,11 @@ class FusedQuantLayer(keras.layers.Layer):
             updated = moving * momentum + batch * (1.0 - momentum)
             moving.assign(updated if frozen is None else tf.where(frozen, moving, updated))
         return outputs
+
+    def _moments(self, outputs):
+        axes = list(range(len(outputs.shape) - 1))
+        # Synchronized across replicas so results do not depend on the replica count.
+        return keras.ops.moments(outputs, axes=axes, synchronized=_replicas_in_sync() > 1)
 
     def bn_frozen(self) -> bool:
         """Whether training now uses the moving statistics."""
@@ -255,7 +275,7 @@ class FusedQuantLayer(keras.layers.Layer):
             use_bias=self.use_bias, activation=self.activation, batchnorm=self.batchnorm,
             weight_bits=self.weight_bits, per_channel=self.per_channel,
             quant_delay=self.quant_delay, bn_freeze_delay=self.bn_freeze_delay,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+            bn_fold=self.bn_fold, kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
 

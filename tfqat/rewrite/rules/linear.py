@@ -74,6 +74,7 @@ def _fused_settings(layer, bn, relu, cfg, per_channel=None):
         per_channel=cfg.per_channel if per_channel is None else per_channel,
         quant_delay=cfg.quant_delay,
         bn_freeze_delay=cfg.bn_freeze_delay,
+        bn_fold=cfg.bn_fold,
         name=layer.name,
     )
 

@@ -1,0 +1,32 @@
+"""bench/bn_fold.py: both BatchNorm fold modes measured side by side (--quick, slow)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import real_data
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_preset_measures_both_modes_and_renders_the_section(tmp_path):
+    data = os.path.join(real_data.shared_data_dir(), "cifar10_jpeg.npz")
+    output = tmp_path / "bn_fold.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bn_fold.py"), f"--data={data}",
+                           "--quick", f"--output={output}", "--tfmot_python=none"],
+                          env=env, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(output.read_text())
+    assert set(results["step_ratios"]) == {"exact before freeze", "approximate before freeze",
+                                           "after freeze"}
+    for mode in ("exact", "approximate"):
+        scores = results["accuracy"][mode]
+        # Far above chance (10%) on the quick schedule, and each .tflite follows its QAT model.
+        assert scores["int8"] > 0.2 and scores["agreement"] > 0.9, (mode, scores)
+    assert '| bn_fold="approximate" |' in done.stdout and "## BatchNorm fold modes" in done.stdout
