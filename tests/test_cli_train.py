@@ -53,6 +53,10 @@ def test_full_run_writes_every_output(tmp_path):
         assert name in closing, name
     metrics = load_metrics(tmp_path)
     assert metrics["int8_accuracy"] > 0.8 and metrics["tflite_qat_agreement"] >= 0.97
+    # The same .tflite on LiteRT's default runtime (XNNPACK), reported beside it.
+    assert metrics["xnnpack"]["tflite_qat_agreement"] >= 0.97
+    assert abs(metrics["xnnpack"]["int8_accuracy"] - metrics["int8_accuracy"]) <= 0.03
+    assert "XNNPACK vs QAT top-1 agreement" in out
     # int8 weights take a quarter of the bytes; a model this small adds fixed flatbuffer overhead.
     assert metrics["int8_tflite_bytes"] < 0.5 * metrics["float_tflite_bytes"]
     assert set(metrics["wall_time_s"]) >= {"float_training_s", "qat_training_s", "export_s"}

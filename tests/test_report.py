@@ -168,6 +168,22 @@ def test_compare_tflite_histogram_agreement_and_worst(models, exported):
     assert "top-1 agreement" in text and "LSB" in text and "accuracy" in text
 
 
+def test_compare_tflite_runs_the_kernels_it_is_asked_for(models, exported):
+    _, qat = models
+    x = random_images(32, seed=9)
+    on_xnnpack = compare_tflite(qat, exported, x, kernels="xnnpack")
+    builtin = compare_tflite(qat, exported, x)
+    assert on_xnnpack.kernels == "xnnpack" and builtin.kernels == "builtin"
+    assert str(on_xnnpack).startswith("LiteRT kernels: xnnpack")
+    # Each summary is that runtime's own outputs against the QAT model.
+    xnnpack_out = run_tflite(exported, x, kernels="xnnpack")
+    qat_out = qat.predict(x, verbose=0)
+    expected = np.abs(xnnpack_out.dequantized - qat_out).max() / xnnpack_out.scale
+    assert on_xnnpack.summary.max_diff_lsb == pytest.approx(expected)
+    with pytest.raises(ValueError, match="kernels='gpu'"):
+        compare_tflite(qat, exported, x, kernels="gpu")
+
+
 def test_compare_tflite_finds_the_inputs_that_disagree(models, exported):
     model, _ = models
     x = random_images(48, seed=8)

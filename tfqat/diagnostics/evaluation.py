@@ -70,7 +70,7 @@ def _input_arrays(model, x) -> list:
     return arrays
 
 
-def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
+def run_tflite(model, x, batch_size: int = 256, progress: bool = False, kernels: str = "builtin"):
     """Runs a .tflite (bytes or path) on float inputs `x`.
 
     `x`: an array for a one-input model; else a list (Keras input order) or a
@@ -79,10 +79,14 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
     `batch_size` examples at a time. Returns TFLiteOutputs, or for a model
     with several outputs a list of them in the Keras model's output order (the
     converter reorders outputs in the file; its signature keeps Keras's order).
+    `kernels`: "builtin" (LiteRT's builtin kernels, no delegate), "xnnpack" (what
+    LiteRT's default interpreter runs: the XNNPACK delegate, which rounds some ops
+    differently) or "reference"; see tfqat.export.reader.load_interpreter.
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat_model)
       >>> out = run_tflite(flatbuffer, data.x_test)
+      >>> on_device = run_tflite(flatbuffer, data.x_test, kernels="xnnpack")
       >>> out.raw.dtype, out.dequantized.argmax(-1)[:3]
       (dtype('int8'), array([7, 2, 1]))
     """
@@ -90,7 +94,8 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     model = read_tflite(model)
     arrays = _input_arrays(model, x)
-    interpreter = model.interpreter()
+    with quiet_native_output():  # XNNPACK announces itself on stderr
+        interpreter = model.interpreter(kernels=kernels)
     batches, current = [[] for _ in model.outputs], None
     total = len(arrays[0])
     progress_bar = keras.utils.Progbar(total, unit_name="example") if progress else None
@@ -99,7 +104,8 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
         if len(inputs[0]) != current:
             for batch, tensor in zip(inputs, model.inputs):
                 interpreter.resize_tensor_input(tensor.index, batch.shape)
-            interpreter.allocate_tensors()
+            with quiet_native_output():
+                interpreter.allocate_tensors()
             current = len(inputs[0])
         for batch, tensor in zip(inputs, model.inputs):
             interpreter.set_tensor(tensor.index, batch)
@@ -135,12 +141,13 @@ class Comparison:
 
 
 def compare_to_model(qat_model, tflite, x, y=None, batch_size: int = 256,
-                     progress: bool = False):
+                     progress: bool = False, kernels: str = "builtin"):
     """Runs the Keras model and the .tflite on `x` and compares their outputs.
 
     `x` (and `y`) as `model.predict` (and `fit`) take them; see `run_tflite`
     for several inputs. Returns a Comparison, or one per output (a list in the
-    Keras model's output order) for a model with several outputs.
+    Keras model's output order) for a model with several outputs. `kernels`: which
+    LiteRT kernels run the .tflite, as in `run_tflite`.
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat_model)
@@ -148,7 +155,7 @@ def compare_to_model(qat_model, tflite, x, y=None, batch_size: int = 256,
       >>> c.agreement, c.max_diff_lsb
       (1.0, 1.0)
     """
-    lite = run_tflite(tflite, x, batch_size=batch_size, progress=progress)
+    lite = run_tflite(tflite, x, batch_size=batch_size, progress=progress, kernels=kernels)
     keras_out = qat_model.predict(x, batch_size=batch_size, verbose=0)
     lites = lite if isinstance(lite, list) else [lite]
     keras_outs = [np.asarray(o, np.float32) for o in keras.tree.flatten(keras_out)]

@@ -240,6 +240,7 @@ class TFLiteDiff:
       largest per-input LSB difference.
     worst_diff_lsb: the largest LSB difference of each of those inputs.
     disagreements: indices of all inputs whose top-1 class differs.
+    kernels: the LiteRT kernels that ran the .tflite ("builtin", "xnnpack", "reference").
     """
 
     summary: object
@@ -247,6 +248,7 @@ class TFLiteDiff:
     worst_indices: np.ndarray
     worst_diff_lsb: np.ndarray
     disagreements: np.ndarray
+    kernels: str = "builtin"
 
     @property
     def agreement(self) -> float:
@@ -258,7 +260,7 @@ class TFLiteDiff:
         return self.summary if isinstance(self.summary, list) else [self.summary]
 
     def __str__(self) -> str:
-        lines = []
+        lines = [f"LiteRT kernels: {self.kernels}"]
         for number, s in enumerate(self._summaries):
             which = f"output {number}: " if len(self._summaries) > 1 else ""
             lines.append(f"{which}{s.num_examples} inputs: top-1 agreement {s.agreement:.2%}, "
@@ -278,7 +280,7 @@ class TFLiteDiff:
 
 
 def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
-                   num_worst: int = 10) -> TFLiteDiff:
+                   num_worst: int = 10, kernels: str = "builtin") -> TFLiteDiff:
     """How a .tflite's outputs differ from its QAT model's, input by input.
 
     Builds on tfqat.diagnostics.evaluation: `compare_to_model` gives the summary and
@@ -292,6 +294,9 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
       labels: optional class labels, one per input (a list of them for several
         outputs), for accuracies.
       num_worst: how many worst inputs to list.
+      kernels: which LiteRT kernels run the .tflite: "builtin" (no delegate),
+        "xnnpack" (the XNNPACK delegate, what LiteRT's default interpreter runs
+        on a phone or PC; it rounds some ops differently) or "reference".
 
     With several outputs, `summary` is a list of Comparisons in the Keras
     output order, and the histogram, worst inputs and disagreements cover all
@@ -302,6 +307,7 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
       >>> diff.agreement, diff.lsb_histogram
       (0.998, {0: 35712, 1: 188})
       >>> print(diff)
+      >>> compare_tflite(qat, "model_int8.tflite", x_test, y_test, kernels="xnnpack").agreement
     """
     several = len(qat_model.inputs) > 1
     if not (hasattr(data, "shape") or several and isinstance(data, (list, tuple, dict))):
@@ -321,8 +327,9 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
         labels = flat[0] if len(flat) == 1 else flat
     if not isinstance(num_worst, int) or num_worst < 0:
         raise ValueError(f"num_worst={num_worst!r} must be a non-negative integer.")
-    summary = compare_to_model(qat_model, tflite, x, labels, batch_size=batch_size)
-    lite = run_tflite(tflite, x, batch_size=batch_size)
+    summary = compare_to_model(qat_model, tflite, x, labels, batch_size=batch_size,
+                               kernels=kernels)
+    lite = run_tflite(tflite, x, batch_size=batch_size, kernels=kernels)
     lites = lite if isinstance(lite, list) else [lite]
     keras_outs = [np.asarray(o, np.float32) for o in
                   keras.tree.flatten(qat_model.predict(x, batch_size=batch_size, verbose=0))]
@@ -339,4 +346,5 @@ def compare_tflite(qat_model, tflite, data, labels=None, batch_size: int = 256,
     counts = np.bincount(np.rint(diff).astype(np.int64).reshape(-1))
     histogram = {int(lsb): int(c) for lsb, c in enumerate(counts) if c}
     return TFLiteDiff(summary=summary, lsb_histogram=histogram, worst_indices=worst,
-                      worst_diff_lsb=per_input[worst], disagreements=np.flatnonzero(disagree))
+                      worst_diff_lsb=per_input[worst], disagreements=np.flatnonzero(disagree),
+                      kernels=kernels)
