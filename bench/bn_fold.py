@@ -104,7 +104,7 @@ def accuracies(data, config):
 
 def render(results):
     steps, acc = results["step_ratios"], results["accuracy"]
-    config = results["config"]
+    config, machine = results["config"], results["machine"]
     tfmot = results.get("tfmot_step_ratio")
     fmt = lambda s: f"{s['median']:.2f} (IQR {s['q1']:.2f}–{s['q3']:.2f})"  # noqa: E731
     target = "≤ TFMOT's " + (f"{tfmot['median']:.2f}" if tfmot else "(TFMOT not measured)")
@@ -113,7 +113,9 @@ def render(results):
         f"ResNet-8, CIFAR-10 (JPEG copy): {config['train']} training images, {config['test']} "
         f"test images, float {config['float_epochs']} epochs, QAT {config['qat_epochs']} epochs "
         "from the same float weights in each mode, BN frozen halfway, batch 32. Step times "
-        f"interleaved on one batch of 32, {results['rounds']} rounds; {results['machine']}. "
+        f"interleaved on one batch of 32, {results['rounds']} rounds; {machine['cpu']}, "
+        f"{machine['cores']} cores, load average {machine['load_average_start'][0]:.1f} at the "
+        "start (other jobs ran beside it). "
         f"Run took {results['total_s'] / 60:.0f} min.", "",
         "| | QAT/float step time before the freeze (target " + target + ") | int8 test "
         "accuracy (float " + f"{100 * acc['float']:.1f} %" + ") | top-1 agreement with its "
