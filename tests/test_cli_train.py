@@ -121,6 +121,7 @@ def _assert_refused(tmp_path, *args, fragments=()):
 @pytest.mark.parametrize("flag,fragment", [
     ("--weight_bits=1", "weight_bits"),
     ("--weight_bits=12", "--weight_bits=12"),  # QuantConfig allows 12; the job exports int8
+    ("--activation_bits=7", "--activation_bits=8"),  # export_tflite would refuse it after training
     ("--dataset=imagenet", "imagenet"),
     ("--model=nope", "nope"),
     ("--bn_freeze_delay=-3", "bn_freeze_delay"),

@@ -38,8 +38,8 @@ def define_verbose_flag() -> None:
 def define_quant_flags() -> None:
     """One flag per QuantConfig field that makes sense on a command line."""
     flags.DEFINE_integer("weight_bits", 8, "Bits of the weight quantizers (2..16; export needs <= 8).")
-    flags.DEFINE_integer("activation_bits", 8, "Bits of the activation quantizers (2..16; export "
-                         "needs <= 8).")
+    flags.DEFINE_integer("activation_bits", 8, "Bits of the activation quantizers (2..16; the "
+                         "int8 export needs 8).")
     flags.DEFINE_boolean("per_channel", True, "Per-output-channel weight ranges.")
     flags.DEFINE_float("ema_decay", 0.999, "Decay of the activation range moving averages.")
     flags.DEFINE_integer("quant_delay", 0, "QAT steps before quantization starts.")

@@ -96,6 +96,13 @@ class PipelineConfig:
                 raise ValueError(
                     f"--{name}={bits}: the job exports an int8 .tflite, which needs at most "
                     f"{EXPORT_MAX_BITS} bits.")
+        if self.quant.activation_bits != EXPORT_MAX_BITS:
+            # TFLite's int8 kernels quantize activations to 8 bits (range / 255): a model
+            # trained on a coarser grid is not what would ship, and export refuses it.
+            raise ValueError(
+                f"--activation_bits={self.quant.activation_bits}: the job exports an int8 "
+                f".tflite, whose activations are 8-bit; use --activation_bits=8 (fewer bits "
+                "are for simulation with tfqat.quantize_model only).")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise ValueError(f"--output_dir: '{self.output_dir}' exists and is not a folder.")
         if self.reestimate_bn not in REESTIMATE_BN_MODES:
