@@ -105,21 +105,23 @@ def write(results, output, plots_dir):
 
 
 REAL_DATA_MARKERS = ("<!-- bench/real.py: start -->", "<!-- bench/real.py: end -->")
+BN_FOLD_MARKERS = ("<!-- bench/bn_fold.py: start -->", "<!-- bench/bn_fold.py: end -->")
+KEPT_SECTIONS = (REAL_DATA_MARKERS, BN_FOLD_MARKERS)
 
 
 
 def keep_real_data_section(output, text):
-    """`text` plus the section bench/real.py wrote into the old `output`, which this run
-    does not measure (it would otherwise vanish on every bench/run.py run)."""
-    start, end = REAL_DATA_MARKERS
+    """`text` plus the sections bench/real.py and bench/bn_fold.py wrote into the old `output`,
+    which this run does not measure (they would otherwise vanish on every bench/run.py run)."""
     try:
         old = pathlib.Path(output).read_text()
     except OSError:
         return text
-    if start not in old or end not in old:
-        return text
-    block = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
-    return text.rstrip("\n") + "\n\n" + block
+    for start, end in KEPT_SECTIONS:
+        if start in old and end in old:
+            block = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+            text = text.rstrip("\n") + "\n\n" + block
+    return text
 
 
 

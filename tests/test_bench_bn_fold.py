@@ -30,3 +30,11 @@ def test_quick_preset_measures_both_modes_and_renders_the_section(tmp_path):
         # Far above chance (10%) on the quick schedule, and each .tflite follows its QAT model.
         assert scores["int8"] > 0.2 and scores["agreement"] > 0.9, (mode, scores)
     assert '| bn_fold="approximate" |' in done.stdout and "## BatchNorm fold modes" in done.stdout
+
+
+def test_bench_run_keeps_this_section():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bn_fold
+    import report
+
+    assert (bn_fold.SECTION_START, bn_fold.SECTION_END) in report.KEPT_SECTIONS

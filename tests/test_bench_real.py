@@ -86,3 +86,8 @@ def test_bench_run_report_keeps_the_real_data_section(tmp_path):
     text = report.keep_real_data_section(benchmarks, "# Benchmarks\nnew figures\n")
     assert "new figures" in text and "old figures" not in text and "CIFAR rows" in text
     assert report.keep_real_data_section(tmp_path / "absent.md", "x\n") == "x\n"
+    # bench/bn_fold.py's section is kept the same way.
+    real.update_benchmarks("## BatchNorm fold modes\nfold rows\n", benchmarks,
+                           markers=report.BN_FOLD_MARKERS)
+    text = report.keep_real_data_section(benchmarks, "# Benchmarks\nnewer figures\n")
+    assert "CIFAR rows" in text and "fold rows" in text and "new figures" not in text
