@@ -70,14 +70,16 @@ class _QuantRecurrent(CompositeQuantLayer):
         self._add_inner_quantizer("projected")
         for t in range(self.timesteps):
             self._add_step_quantizers(t, last=t == self.timesteps - 1)
+        if self.return_sequences:
+            self._add_inner_quantizer("sequence")
 
     def _step_quantizer(self, t, tensor, fixed_range=None):
         self._add_inner_quantizer(f"step{t}_{tensor}", fixed_range=fixed_range)
 
     def _hidden_has_inner_quantizer(self, last):
-        # The last hidden state of a layer without return_sequences is the layer's output:
-        # the rewrite rule's quantizer follows it.
-        return self.return_sequences or not last
+        # With return_sequences the hidden states share the `sequence` quantizer; else the
+        # last one is the layer's output, and the rule's quantizer follows it.
+        return not (self.return_sequences or last)
 
     def build(self, input_shape):
         if input_shape[1] != self.timesteps or input_shape[-1] is None:
@@ -153,17 +155,48 @@ class _QuantRecurrent(CompositeQuantLayer):
                 tf.ones([tf.shape(inputs)[0], self.units]), self.recurrent_dropout)
         projected = self._inner("projected", lambda: self._project_inputs(inputs, training),
                                 training)
-        per_step = tf.unstack(projected, axis=1)
+        # Each step's slice is rounded again to the projection's scale (tied: the same values).
+        # Without an explicit fake quant after the UNPACK the converter at times leaves the
+        # SPLIT after it in float (RESHAPE, UNPACK, SPLIT: two scale-preserving ops in a row).
+        per_step = [self._projected_fq(p, training=training, tied=True)
+                    for p in tf.unstack(projected, axis=1)]
         if self.go_backwards:
             per_step = per_step[::-1]
         state, outputs = None, []
+        self._sequence_float = []  # a plain list: the float hidden states, for _track_sequence
         for t, step_input in enumerate(per_step):
             h, state = self._step(t, step_input, state, weights, training)
             outputs.append(h)
+        if self.return_sequences:
+            self._track_sequence(self._sequence_float, training)
+        self._sequence_float = []
         if training:
             self.step.assign_add(1)
         # With go_backwards the sequence is in processing order, as Keras returns it.
         return tf.stack(outputs, axis=1) if self.return_sequences else outputs[-1]
+
+    def _track_sequence(self, hidden, training):
+        """One untied call of the `sequence` quantizer on all steps' float hidden states: it
+        tracks the range (and feeds calibration's observer); its value is not used."""
+        self._used_tags.add("sequence")
+        self._sequence_fq(tf.stack(hidden, axis=1), training=training)
+
+    def _sequence_key(self, t):
+        name = self._sequence_fq.name
+        return name if t == 0 else f"{name} (step {t})"
+
+    @property
+    def inner_tensors(self) -> list:
+        """(name scope, name) of each inner int8 tensor; the `sequence` quantizer has one
+        tensor per step (its calls' outputs, named after the call)."""
+        tensors = []
+        for tag, name in super().inner_tensors:
+            if tag == "sequence":
+                tensors += [(f"step{t}_sequence", self._sequence_key(t))
+                            for t in range(self.timesteps)]
+            else:
+                tensors.append((tag, name))
+        return tensors
 
     def _step_weights(self, training):
         """The fake-quantized recurrent weights, computed once per call."""
@@ -173,9 +206,24 @@ class _QuantRecurrent(CompositeQuantLayer):
         return self._inner(f"step{t}_{tensor}", compute, training)
 
     def _hidden(self, t, compute, training):
-        if self._hidden_has_inner_quantizer(t == self.timesteps - 1):
+        """The hidden state of step t.
+
+        With return_sequences every step's hidden state has the one scale of the `sequence`
+        quantizer: int8 PACK needs one scale for all its inputs, and a hidden state with a
+        scale of its own (for the next step) would need a requantize that the converter does
+        not make from two fake quants in a row. The range is tracked over all steps after
+        the loop (`_track_sequence`), so during training the steps read the last step's range
+        (a tied call ahead of the untied one, as for a Concatenate's inputs).
+        """
+        if self.return_sequences:
+            with tf.name_scope(f"step{t}_sequence"):
+                h = compute()
+                self._sequence_float.append(h)
+                out = self._sequence_fq(h, training=training, tied=True, ahead=True)
+            return self._replayed(self._sequence_key(t), out)
+        if t < self.timesteps - 1:
             return self._q(t, "hidden", compute, training)
-        with tf.name_scope(f"step{t}_hidden"):
+        with tf.name_scope(f"step{t}_hidden"):  # the layer's output: the rule's quantizer follows
             return compute()
 
     def get_config(self):
