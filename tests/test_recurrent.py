@@ -51,6 +51,7 @@ CASES = {
     "gru_sequences": (rnn("GRU", return_sequences=True), SEQUENCE, {**GRU_OPS, "PACK": 1}, {}),
     "gru_reset_before": (rnn("GRU", reset_after=False), SEQUENCE,
                          {"UNPACK": 1, "CONV_2D": 2 * STEPS - 1, "LOGISTIC": STEPS}, {}),
+    "gru_no_bias": (rnn("GRU", use_bias=False), SEQUENCE, GRU_OPS, {}),
     "simple_rnn": (rnn("SimpleRNN"), SEQUENCE, {**UNROLLED, "TANH": STEPS}, {}),
     "simple_rnn_sequences_backwards": (
         rnn("SimpleRNN", return_sequences=True, go_backwards=True), SEQUENCE,

@@ -1,24 +1,26 @@
 """LSTM, GRU and SimpleRNN unrolled into the plain int8 ops TFLite runs per time step.
 
-Why unrolled: TF 2.21's converter turns a Keras LSTM into its fused
-UNIDIRECTIONAL_SEQUENCE_LSTM (GRU and SimpleRNN into a WHILE loop), whose
-int8 form keeps the cell state and gate outputs in int16 with scales the
-converter chooses inside the kernel; those tensors are not in the graph, so a
-fake quant cannot put them on the int8 grid and op_fidelity cannot check them
-(docs/design.md, "Recurrent layers", has what the converter emits). Here the
-time loop is unrolled in `call` over a fixed sequence length, so every tensor
-is an ordinary int8 tensor with its own fake quant:
+Why unrolled (measured with TF 2.21; docs/design.md, "Recurrent layers"): the
+converter makes a Keras 3 LSTM/GRU/SimpleRNN into a float WHILE loop, and its
+full-integer PTQ of them crashes (SIGSEGV). Where the fused
+UNIDIRECTIONAL_SEQUENCE_LSTM op exists, its int8 kernel keeps the cell state
+and gate intermediates in int16 with scales chosen inside the kernel: not graph
+tensors, so a fake quant cannot put them on the .tflite's grid and op_fidelity
+cannot check them. Here the time loop is unrolled in `call` over a fixed
+sequence length, so every tensor is an ordinary int8 tensor with its own fake
+quant:
 
 - the input projection x @ W + b of all steps at once (one CONV_2D 1x1 with
   per-channel weights, or FULLY_CONNECTED per tensor), then UNPACK per step;
 - per step, h @ U (CONV_2D 1x1 / FULLY_CONNECTED), ADD, SPLIT into gates,
   LOGISTIC (fixed output range [0, 255/256]) and TANH ([-1, 127/128]), MUL,
   ADD/SUB for the state updates;
-- return_sequences: PACK of the per-step hidden states.
+- return_sequences: PACK of the per-step hidden states, which share one scale
+  (PACK's int8 inputs must have its output's scale).
 
 Step 0 starts from zero states (as Keras does without an initial state), so
-its recurrent terms are left out rather than computed from zeros (the
-converter would fold a zero tensor of batch size into a SHAPE-dependent op).
+its recurrent terms are left out rather than computed from zeros (a zero
+state of the batch's size would need SHAPE ops).
 Each step has its own fake quants (tag `step<t>_<tensor>`, t in processing
 order), so each step's tensors get their own scale: the cell state of step 0
 is much narrower than that of step 20.
@@ -434,8 +436,11 @@ class QuantGRU(_QuantRecurrent):
             else:
                 rec_zr = rec
             zr_pre = q("gates", lambda: x_zr + rec_zr)
-        zr = q("update_reset", lambda: tf.sigmoid(zr_pre))
-        z, r = tf.split(zr, 2, axis=-1)
+        if h is not None or (self.reset_after and r_h is not None):
+            zr = q("update_reset", lambda: tf.sigmoid(zr_pre))
+            z, r = tf.split(zr, 2, axis=-1)
+        else:  # step 0 without a term in r: a SPLIT with an unused output would stay float
+            z = q("update_reset", lambda: tf.sigmoid(zr_pre[:, :u]))
         if self.reset_after and r_h is not None:
             gated = q("reset_recurrent", lambda: r * r_h)
             pre = q("candidate_sum", lambda: x_h + gated)
