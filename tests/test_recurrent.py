@@ -208,3 +208,20 @@ def test_recurrent_problems_lists_each_setting():
     layer = L.LSTM(4, activation="relu", stateful=True)
     assert recurrent_rules.recurrent_problems(layer) == ["activation='relu'", "stateful=True"]
     assert recurrent_rules.recurrent_problems(L.GRU(4)) == []
+
+
+def test_time_distributed_needs_a_fixed_number_of_steps():
+    inp = keras.Input((None, 6), name="x")
+    out = L.TimeDistributed(L.Dense(4), name="td")(inp)
+    with pytest.raises(ValueError, match="td.*fixed"):
+        tfqat.quantize_model(keras.Model(inp, out))
+
+
+def test_time_distributed_relu_is_fused_into_the_inner_layer():
+    inp = keras.Input((STEPS, 6), name="x")
+    out = L.TimeDistributed(L.Dense(4, activation="relu"), name="td")(inp)
+    qat = tfqat.quantize_model(keras.Model(inp, out))
+    assert qat.get_layer("td").activation == "relu"
+    x = inputs("gru", 4)[..., :1].repeat(6, -1)
+    np.testing.assert_array_equal(qat.get_layer("td_split").output.shape, (None, STEPS, 4))
+    assert (np.asarray(qat(x)) >= 0).all()
