@@ -138,3 +138,29 @@ def test_transformer_models_export_integer_only_and_match_op_by_op(name, full):
         assert report.op_histogram[op] >= 1, (op, dict(report.op_histogram))
     op_by_op = tfqat.op_fidelity(qat, flatbuffer, x[:8])
     assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+@pytest.mark.parametrize("name, recurrent", [("kws_gru", "QuantGRU"), ("kws_lstm", "QuantLSTM")])
+def test_keyword_spotters_quantize_to_unrolled_recurrent_layers(name, recurrent):
+    model = models.build_model(name, (49, 10, 1), num_classes=12)
+    assert model.output_shape == (None, 12)
+    qat = tfqat.quantize_model(model)
+    counts = layer_counts(qat)
+    assert counts[recurrent] == 1 and counts["QuantConv1D"] == 1
+    layer = next(layer for layer in qat.layers if type(layer).__name__ == recurrent)
+    assert layer.timesteps == 25  # 49 frames, stride 2
+
+
+@pytest.mark.slow
+def test_kws_gru_trains_end_to_end_and_exports_integer_only(tmp_path):
+    # No speech data offline: the job reads the 8x8 digits row by row (8 frames of 8 values).
+    from tfqat.training.pipeline import PipelineConfig, run
+
+    metrics = run(PipelineConfig(model="kws_gru", dataset="digits", float_epochs=20,
+                                 qat_epochs=3, learning_rate=5e-3, qat_learning_rate=5e-4,
+                                 output_dir=str(tmp_path), verbose=0))
+    assert metrics["float_accuracy"] >= 0.85, metrics
+    assert metrics["int8_accuracy"] >= metrics["float_accuracy"] - 0.05, metrics
+    assert metrics["tflite_qat_agreement"] >= 0.97, metrics
+    report = tfqat.inspect_tflite(str(tmp_path / "model_int8.tflite"))
+    assert report.integer_only and report.op_histogram["LOGISTIC"] >= 4, str(report)

@@ -45,7 +45,8 @@ def test_rule_table_order_and_names():
         "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "concatenate", "merge_relu",
         "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
         "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op", "layer_normalization",
-        "multi_head_attention", "embedding", "position_embedding", "inference_identity",
+        "multi_head_attention", "embedding", "position_embedding", "recurrent",
+        "time_distributed_linear", "inference_identity",
         "layer_scale"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]

@@ -19,7 +19,8 @@ from tfqat.cli import flags as cli  # noqa: E402
 PROGRAM = "tfqat-train"
 
 flags.DEFINE_string("model", "lenet5", "A zoo model (lenet5, convnet_bn, resnet8, mobilenet_v1, "
-                    "mobilenet_v2, small_resnet) or the path of a saved float .keras model.")
+                    "mobilenet_v2, small_resnet, vit_tiny, kws_gru, kws_lstm) or the path of a "
+                    "saved float .keras model.")
 flags.DEFINE_string("dataset", "mnist5k", "mnist5k | digits | keras:mnist|fashion_mnist|cifar10 | "
                     "tfds:NAME | npz:PATH (arrays x_train, y_train, x_test, y_test).")
 flags.DEFINE_string("data_dir", None, "Data folder for tfds datasets.")

@@ -106,9 +106,9 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         for call, (call_input, output) in enumerate(graph.calls_of(qat_model, quantizer)):
             name = quantizer.name if call == 0 else f"{quantizer.name} (call {call + 1})"
             quantizer_calls.append((name, quantizer, call_input, output))
-    located = tensors.locate(quantizer_calls, count)  # id(output) -> index | None | AMBIGUOUS
     # Layers with inner int8 tensors (tfqat.nn.composite) replay the .tflite's inner tensors,
-    # so each inner op and the last one are compared on their own.
+    # so each inner op and the last one are compared on their own. Found first: a tensor that
+    # is a composite's inner tensor is not the output of a quantizer after it.
     replays = {}
     for layer in qat_model.layers:
         if isinstance(layer, CompositeQuantLayer):
@@ -117,6 +117,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
                 unmatched_inner.extend(name for _, name in layer.inner_tensors)
             else:
                 replays[layer.name] = {"expected": inner, "computed": None}
+    located = tensors.locate(quantizer_calls, count)  # id(output) -> index | None | AMBIGUOUS
 
     def replaying(operation, args, kwargs):
         replay = replays.get(getattr(operation, "name", None))
@@ -266,6 +267,7 @@ class _TFLiteTensors:
                 self.by_layer.setdefault(layers.pop(), []).append(t)
         # tensor index -> (index, name) of the op that writes it
         self.producer = {index: (op.index, op.name) for index, op in model.producers.items()}
+        self.inner_indices = set()  # tensors that inner_values found (composite layers')
 
     def inner_values(self, layer):
         """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
@@ -282,6 +284,7 @@ class _TFLiteTensors:
             if not found:
                 return None
             index = max(found, key=lambda i: self.producer[i][0])
+            self.inner_indices.add(index)
             values[name] = (read_dequantized(self.interpreter, self.int8[index]),
                             self.int8[index].scale)
         return values
@@ -323,6 +326,7 @@ class _TFLiteTensors:
         if len(found) > 1:
             in_scope = set(self._in_scope(keras_tensor, batch))
             found = [i for i in found if i in in_scope] or found
+            found = [i for i in found if i not in self.inner_indices] or found
             # A QUANTIZE is a copy the converter requantized for one consumer, not the tensor.
             found = [i for i in found if self.producer.get(i, (0, ""))[1] != "QUANTIZE"] or found
         values = [read_dequantized(self.interpreter, self.int8[i]).reshape(-1) for i in found]

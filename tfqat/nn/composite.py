@@ -102,12 +102,16 @@ class CompositeQuantLayer(keras.layers.Layer):
     def _fq(self, tag, x, training):
         self._used_tags.add(tag)
         quantizer = getattr(self, f"_{tag}_fq")
-        out = quantizer(x, training=training)
+        return self._replayed(quantizer.name, quantizer(x, training=training))
+
+    @staticmethod
+    def _replayed(key, out):
+        """`out`, or under replay_inner_tensors its substitute `key` (recording `out`)."""
         if _REPLAY:
             substitutes, computed = _REPLAY[-1]
-            computed[quantizer.name] = np.asarray(out)
-            if quantizer.name in substitutes:
-                return tf.constant(substitutes[quantizer.name], dtype=out.dtype)
+            computed[key] = np.asarray(out)
+            if key in substitutes:
+                return tf.constant(substitutes[key], dtype=out.dtype)
         return out
 
     def get_config(self):

@@ -406,7 +406,9 @@ def _wide_merge_message(node) -> str:
 _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
              (rules_lib.merges_more_than_two, _wide_merge_message),
              (rules_lib.attention.uses_unsupported_attention_call,
-              rules_lib.attention.unsupported_attention_call_message))
+              rules_lib.attention.unsupported_attention_call_message),
+             (rules_lib.recurrent.uses_unsupported_recurrent_call,
+              rules_lib.recurrent.unsupported_recurrent_call_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.

@@ -208,9 +208,45 @@ def text_transformer(sequence_length=32, vocab_size=1000, num_classes=2, dim=32,
     return keras.Model(inputs, outputs, name="text_transformer")
 
 
+def _keyword_spotter(kind, input_shape, num_classes, units, filters, name):
+    inputs = keras.Input(shape=input_shape, name="spectrogram")
+    # Rows are time frames, the rest one frame's features (MFCCs x channels).
+    x = layers.Reshape((input_shape[0], -1), name="frames")(inputs)
+    x = layers.Conv1D(filters, 3, strides=2, padding="same", activation="relu",
+                      name="frontend")(x)
+    x = getattr(layers, kind)(units, name=kind.lower())(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def kws_gru(input_shape=(49, 10, 1), num_classes=12, units=32, filters=24) -> keras.Model:
+    """A small keyword spotter: spectrogram frames (rows) -> strided Conv1D front end ->
+    GRU -> softmax Dense. (49, 10, 1) is Speech Commands' 49 frames of 10 MFCCs, as in
+    MLPerf Tiny's KWS task; any (frames, features, channels) input works (tfqat-train's
+    offline image datasets are read row by row). The GRU exports as int8 ops unrolled
+    over the frames (tfqat.nn.recurrent).
+
+    Example:
+      >>> model = kws_gru()
+      >>> model.output_shape, model.get_layer("gru").units
+      ((None, 12), 32)
+    """
+    return _keyword_spotter("GRU", input_shape, num_classes, units, filters, "kws_gru")
+
+
+def kws_lstm(input_shape=(49, 10, 1), num_classes=12, units=32, filters=24) -> keras.Model:
+    """kws_gru with an LSTM in place of the GRU.
+
+    Example:
+      >>> kws_lstm((28, 28, 1), num_classes=10).output_shape
+      (None, 10)
+    """
+    return _keyword_spotter("LSTM", input_shape, num_classes, units, filters, "kws_lstm")
+
+
 MODELS = {"lenet5": lenet5, "small_resnet": small_resnet, "convnet_bn": convnet_bn,
           "resnet8": resnet8, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2,
-          "vit_tiny": vit_tiny}
+          "vit_tiny": vit_tiny, "kws_gru": kws_gru, "kws_lstm": kws_lstm}
 # Models on token sequences: not in MODELS, as tfqat-train's datasets are images.
 SEQUENCE_MODELS = {"text_transformer": text_transformer}
 WIDTH_SCALED = ("mobilenet_v1", "mobilenet_v2")

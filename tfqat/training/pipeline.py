@@ -314,8 +314,7 @@ def run(cfg: PipelineConfig) -> dict:
     int8_path = os.path.join(cfg.output_dir, "model_int8.tflite")
     float_tflite_path = os.path.join(cfg.output_dir, "model_float.tflite")
     export_tflite(qat_model, int8_path)
-    with quiet_native_output():
-        float_tflite = tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
+    float_tflite = _float_tflite(float_model)
     atomic_write_bytes(float_tflite_path, float_tflite)
     timings["export_s"] = time.perf_counter() - start
 
@@ -348,6 +347,18 @@ def run(cfg: PipelineConfig) -> dict:
     atomic_write_bytes(os.path.join(cfg.output_dir, "metrics.json"),
                        json.dumps(metrics, indent=2).encode())
     return metrics
+
+
+def _float_tflite(float_model) -> bytes:
+    """The float model as a .tflite (for its size). A Keras RNN converts to a WHILE loop
+    whose tensor lists need a static batch, so that one is converted with batch size 1."""
+    with quiet_native_output():
+        try:
+            return tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
+        except Exception:  # ConverterError: "TensorListReserve ... element_shape to be static"
+            inputs = keras.Input(batch_shape=(1, *float_model.inputs[0].shape[1:]))
+            fixed = keras.Model(inputs, float_model(inputs))
+            return tf.lite.TFLiteConverter.from_keras_model(fixed).convert()
 
 
 def reestimate_bn_after_float_training(model, dataset, cfg) -> dict:
