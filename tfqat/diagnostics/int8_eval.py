@@ -68,7 +68,7 @@ EXACTNESS = {
         "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
         "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "QUANTIZE", "DEQUANTIZE", "MAXIMUM",
         "MINIMUM", "RELU", "RELU6", "GATHER")},
-    "LOGISTIC": FLOAT_LUT, "TANH": FLOAT_LUT, "GELU": FLOAT_LUT,
+    "LOGISTIC": FLOAT_LUT, "TANH": FLOAT_LUT, "GELU": FLOAT_LUT, "RSQRT": FLOAT_LUT,
     "SOFTMAX": FLOAT_SOFTMAX,
 }
 
@@ -142,6 +142,24 @@ def multiply_by_quantized_multiplier(x, mantissa, shift):
     threshold = tf.bitwise.right_shift(mask, tf.constant(1, tf.int64)) + tf.cast(high < 0, tf.int64)
     shifted = tf.bitwise.right_shift(high, tf.constant(right, tf.int64) + tf.zeros_like(high))
     return shifted + tf.cast(remainder > threshold, tf.int64)
+
+
+def multiply_by_quantized_multiplier_single_rounding(x, mantissa, shift):
+    """x * mantissa * 2^(shift - 31) rounded once (halves up), on int64 tensors.
+
+    LiteRT's reference FULLY_CONNECTED for int8 rounds this way (measured: the
+    double rounding of `multiply_by_quantized_multiplier` differs on exact halves
+    of the second step).
+
+    Example:
+      >>> multiply_by_quantized_multiplier_single_rounding(tf.constant([5], tf.int64), 1 << 30, 0)
+      <tf.Tensor: ... numpy=array([3])>
+    """
+    mantissa = np.asarray(mantissa, np.int64)
+    total_shift = 31 - np.asarray(shift, np.int64)
+    rounding = np.left_shift(np.int64(1), total_shift - 1)
+    product = x * tf.constant(mantissa, tf.int64) + tf.constant(rounding, tf.int64)
+    return tf.bitwise.right_shift(product, tf.constant(total_shift, tf.int64) + tf.zeros_like(product))
 
 
 def _activation_range(op, tensor) -> tuple:
@@ -289,20 +307,24 @@ def _fully_connected(ctx, op):
         ctx.fail(op, f"weights of shape {w.shape} do not fit input shape {x_t.shape}.")
     if w_t.per_axis:
         mantissa, shift = _conv_multipliers(x_t, w_t, out)
-    else:  # GetQuantizedConvolutionMultipler: the scale product in float32, then double
-        mantissa, shift = quantize_multiplier(
-            float(np.float32(x_t.scale) * np.float32(w_t.scale)) / float(out.scale))
+    else:
+        mantissa, shift = quantize_multiplier(x_t.scale * w_t.scale / out.scale)
     dtype = ctx.float_dtype(255 * 128 * w.shape[1])
     kernel = tf.constant(w.T, dtype)
     bias = _bias(ctx, op, w.shape[0])
     low, high = _activation_range(op, out)
-    out_rest = list(out.shape[1:])
+    keep_num_dims = bool(op.options.get("keep_num_dims"))
 
     def run(inputs, batch):
         x = tf.reshape(tf.cast(inputs[0] - x_t.zero_point, dtype), (-1, w.shape[1]))
         acc = tf.cast(tf.round(tf.matmul(x, kernel)), tf.int64)
-        y = _clamp(_finish(acc, op, mantissa, shift, out, bias), low, high)
-        return tf.reshape(y, [-1] + out_rest)
+        if bias is not None:
+            acc = acc + bias
+        y = multiply_by_quantized_multiplier_single_rounding(acc, mantissa, shift) + out.zero_point
+        y = _clamp(y, low, high)
+        if keep_num_dims:
+            return tf.reshape(y, tf.concat([tf.shape(inputs[0])[:-1], [w.shape[0]]], 0))
+        return y
     return run
 
 
@@ -421,22 +443,11 @@ def _mean(ctx, op):
     axes = _axes(ctx, op, op.inputs[1], rank)
     keep_dims = bool(op.options.get("keep_dims"))
     count = int(np.prod([x_t.shape[a] for a in axes]))
-    out_rest = list(out.shape[1:])
     mantissa, shift = quantize_multiplier(x_t.scale / out.scale)
 
-    if keep_dims and rank == 4 and axes == [1, 2]:
-        def run(inputs, batch):  # reference_integer_ops::Mean
-            acc = tf.reduce_sum(inputs[0] - x_t.zero_point, axis=axes, keepdims=True)
-            acc = multiply_by_quantized_multiplier(acc, mantissa, shift)
-            half = count // 2
-            acc = tf.where(acc > 0, tf.truncatediv(acc + half, count),
-                           tf.truncatediv(acc - half, count))
-            return _clamp(acc + out.zero_point)
-    elif x_t.scale == out.scale and x_t.zero_point == out.zero_point:
-        def run(inputs, batch):  # the plain integer mean, truncated
-            acc = tf.reduce_sum(inputs[0], axis=axes, keepdims=keep_dims)
-            return tf.reshape(tf.truncatediv(acc, count), [-1] + out_rest)
-    else:  # QuantizedMeanOrSum: 1/count folded into the multiplier
+    # QuantizedMeanOrSum, which the reference kernels use for every int8 mean (equal scales
+    # and keep_dims included): 1/count folded into the multiplier.
+    if True:
         extra = min(count.bit_length() - 1, 32, 31 + shift)
         mean_mantissa = (mantissa << extra) // count
         mean_shift = shift - extra
@@ -444,24 +455,49 @@ def _mean(ctx, op):
         def run(inputs, batch):
             acc = tf.reduce_sum(inputs[0], axis=axes, keepdims=keep_dims) - x_t.zero_point * count
             acc = multiply_by_quantized_multiplier(acc, mean_mantissa, mean_shift)
-            return tf.reshape(_clamp(acc + out.zero_point), [-1] + out_rest)
+            return _clamp(acc + out.zero_point)
     return run
 
 
 def _batched_shape(shape, batch):
-    """A file shape [n, ...] at run time: [n * batch, ...]."""
-    return tf.concat([[batch * shape[0]], tf.constant(list(shape[1:]), tf.int32)], 0)
+    """A file shape [n, ...] at run time: [n * batch, ...]; a -1 (the converter's dynamic
+    batch) is left to tf.reshape."""
+    shape = [int(d) for d in shape]
+    if -1 in shape:
+        return tf.constant(shape, tf.int32)
+    return tf.concat([[batch * shape[0]], tf.constant(shape[1:], tf.int32)], 0)
 
 
 def _reshape(ctx, op):
     x_t, out = op.inputs[0], op.outputs[0]
     if x_t.dtype == "int8":
         _same_quantization(ctx, op, x_t, out)
-    if not out.shape:
-        ctx.fail(op, "a scalar output has no batch axis.")
+    shape = ctx.constant(op.inputs[1]) if len(op.inputs) > 1 else None
+    if op.name == "RESHAPE":
+        shape = op.options.get("new_shape") if shape is None else shape.reshape(-1)
+        if shape is None or len(shape) == 0:
+            ctx.fail(op, "the new shape is not constant, or has no batch axis.")
 
-    def run(inputs, batch):
-        return tf.reshape(inputs[0], _batched_shape(out.shape, batch))
+        def run(inputs, batch):
+            return tf.reshape(inputs[0], _batched_shape(shape, batch))
+    elif op.name == "SQUEEZE":
+        axes = op.options.get("squeeze_dims") or [
+            a for a, d in enumerate(x_t.shape) if d == 1 and a > 0]
+        axes = [int(a) % len(x_t.shape) for a in axes]
+        if 0 in axes:
+            ctx.fail(op, "squeezing the batch axis is not supported.")
+
+        def run(inputs, batch):
+            return tf.squeeze(inputs[0], axes)
+    else:  # EXPAND_DIMS
+        if shape is None:
+            ctx.fail(op, "the axis is not constant.")
+        axis = int(np.asarray(shape).reshape(-1)[0]) % (len(x_t.shape) + 1)
+        if axis == 0:
+            ctx.fail(op, "a new axis before the batch axis is not supported.")
+
+        def run(inputs, batch):
+            return tf.expand_dims(inputs[0], axis)
     return run
 
 
@@ -586,8 +622,9 @@ def _lookup_table(function):
         _requires_int8(ctx, op, [x_t, out])
         values = np.arange(_INT8_MIN, _INT8_MAX + 1, dtype=np.int32)
         real = np.float32(x_t.scale) * (values - x_t.zero_point).astype(np.float32)
-        transformed = function(real, op).astype(np.float32)
-        rescaled = _round_half_away_array(transformed / np.float32(out.scale))
+        with np.errstate(over="ignore", invalid="ignore"):
+            transformed = function(real, op).astype(np.float32)
+            rescaled = _round_half_away_array(transformed / np.float32(out.scale))
         table = tf.constant(np.clip(rescaled + out.zero_point, _INT8_MIN, _INT8_MAX).astype(np.int64))
 
         def run(inputs, batch):
@@ -603,6 +640,13 @@ def _gelu(real, op):
         return np.float32(0.5) * x * (np.float32(1) + np.tanh(inner))
     return np.float32(0.5) * x * (np.float32(1) + np.array(
         [math.erf(v / math.sqrt(2)) for v in x.astype(np.float64)], np.float32))
+
+
+def _rsqrt(real, op):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # 1/sqrt(0) = inf saturates at the top of the range, as LiteRT's RSQRT does.
+        values = np.float32(1) / np.sqrt(np.maximum(real, np.float32(0)))
+    return np.where(np.isfinite(values), values, np.float32(3e38))
 
 
 def _softmax(ctx, op):
@@ -631,6 +675,7 @@ _BUILDERS = {
     "LOGISTIC": _lookup_table(lambda x, op: np.float32(1) / (np.float32(1) + np.exp(-x))),
     "TANH": _lookup_table(lambda x, op: np.tanh(x)),
     "GELU": _lookup_table(_gelu),
+    "RSQRT": _lookup_table(_rsqrt),
     "SOFTMAX": _softmax,
 }
 assert set(_BUILDERS) == set(EXACTNESS)
