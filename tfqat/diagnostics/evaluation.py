@@ -70,7 +70,7 @@ def _input_arrays(model, x) -> list:
     return arrays
 
 
-def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
+def run_tflite(model, x, batch_size: int = 256, progress: bool = False, kernels: str = "builtin"):
     """Runs a .tflite (bytes or path) on float inputs `x`.
 
     `x`: an array for a one-input model; else a list (Keras input order) or a
@@ -90,7 +90,7 @@ def run_tflite(model, x, batch_size: int = 256, progress: bool = False):
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     model = read_tflite(model)
     arrays = _input_arrays(model, x)
-    interpreter = model.interpreter()
+    interpreter = model.interpreter(kernels=kernels)
     batches, current = [[] for _ in model.outputs], None
     total = len(arrays[0])
     progress_bar = keras.utils.Progbar(total, unit_name="example") if progress else None
