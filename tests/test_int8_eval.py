@@ -69,9 +69,19 @@ def _op_by_op_diffs(program, interpreter, batch):
     return diffs
 
 
-@pytest.mark.parametrize("name", ["mixed", "merges"])
-def test_every_op_is_bit_exact_against_the_reference_kernels(graphs, name):
-    flatbuffer, x = graphs[name]
+@pytest.fixture(scope="module")
+def text_graph():
+    """Embedding + pre-LN encoder block (causal attention, GELU MLP): the transformer ops."""
+    from test_transformer_layers import text_block_model
+
+    qat = tfqat.quantize_model(text_block_model(causal=True))
+    tfqat.calibrate(qat, np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32"))
+    return tfqat.export_tflite(qat), np.random.default_rng(4).integers(0, 20, (48, 6)).astype("int32")
+
+
+@pytest.mark.parametrize("name", ["mixed", "merges", "text"])
+def test_every_op_is_bit_exact_against_the_reference_kernels(graphs, text_graph, name):
+    flatbuffer, x = text_graph if name == "text" else graphs[name]
     program, interpreter = _interpreter_tensors(flatbuffer, x)
     diffs = _op_by_op_diffs(program, interpreter, len(x))
     assert {n for _, n in diffs} <= set(EXACTNESS)
@@ -81,13 +91,14 @@ def test_every_op_is_bit_exact_against_the_reference_kernels(graphs, name):
     np.testing.assert_array_equal(raw, interpreter.get_tensor(program.model.outputs[0].index))
 
 
-def test_the_graphs_cover_the_ops_tfqat_exports_for_cnns(graphs):
+def test_the_graphs_cover_the_ops_tfqat_exports(graphs, text_graph):
     ops = set()
-    for flatbuffer, _ in graphs.values():
+    for flatbuffer, _ in [*graphs.values(), text_graph]:
         ops |= set(Int8Model(flatbuffer).ops_used)
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "SUB", "MUL", "AVERAGE_POOL_2D", "MAX_POOL_2D",
             "MEAN", "RESHAPE", "CONCATENATION", "PAD", "QUANTIZE", "SOFTMAX", "LOGISTIC",
-            "TANH"} <= ops
+            "TANH", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE", "GATHER", "GELU",
+            "RSQRT"} <= ops
 
 
 def test_a_wrong_multiplier_is_caught_by_the_op_by_op_check(graphs):
