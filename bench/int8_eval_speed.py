@@ -63,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="float epochs, then as many QAT")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--save-tflite", help="also write the exported .tflite and inputs (.npy) here")
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -70,14 +71,20 @@ def main(argv=None):
     model = build_model(args.model, data.input_shape, data.num_classes)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=64, verbose=0)
+    tfqat.reestimate_batchnorm(model, data.x_train, batch_size=64)  # a short run's EMA lags
     qat = tfqat.quantize_model(model)
     qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy")
     qat.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=64, verbose=0)
+    tfqat.reestimate_batchnorm(qat, data.x_train, batch_size=64)
     flatbuffer = tfqat.export_tflite(qat)
     repeats = -(-args.examples // len(data.x_test))
     x = np.concatenate([data.x_test] * repeats)[:args.examples]
     y = np.concatenate([data.y_test] * repeats)[:args.examples]
 
+    if args.save_tflite:
+        with open(args.save_tflite, "wb") as f:
+            f.write(flatbuffer)
+        np.save(args.save_tflite + ".x.npy", x)
     program, build_s = _timed(lambda: Int8Model(flatbuffer))
     first, first_s = _timed(lambda: tfqat.evaluate_int8(flatbuffer, x[:args.batch_size]))
     result, eval_s = _timed(lambda: tfqat.evaluate_int8(flatbuffer, x, labels=y,

@@ -83,6 +83,11 @@ EXACTNESS = {
 
 _INT8_MIN, _INT8_MAX = -128, 127
 
+# Whose arithmetic `Int8Model` reproduces. "xnnpack" changes only the requantization of
+# CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (XNNPACK's fp32 requantization); every
+# other op is computed as the reference kernels compute it.
+KERNELS = ("reference", "xnnpack")
+
 
 class UnsupportedOpError(ValueError):
     """The .tflite has an op (or an op form) that `Int8Model` cannot evaluate."""
@@ -196,9 +201,10 @@ def _clamp(x, low=_INT8_MIN, high=_INT8_MAX):
 # ---- op builders: each checks the op and returns fn(inputs, batch) -> output ----
 
 class _Context:
-    def __init__(self, model, exact_float):
+    def __init__(self, model, exact_float, kernels):
         self.model = model
         self.exact_float = exact_float  # "float32 when exact" or always float64
+        self.kernels = kernels
 
     def constant(self, tensor):
         return self.model.constants.get(tensor.index)
@@ -249,11 +255,29 @@ def _weights(ctx, op):
     return w_t, w.astype(np.int64)
 
 
-def _finish(acc, op, mantissa, shift, out, bias=None):
-    if bias is not None:
-        acc = acc + bias
-    acc = multiply_by_quantized_multiplier(acc, mantissa, shift) + out.zero_point
-    return acc
+def _conv_requantizer(ctx, x_t, w_t, out, single_rounding=False):
+    """acc (int64, bias added) -> int64 output before the clamp, as the chosen kernels do it.
+
+    "reference": TFLite's fixed-point multiplier (double rounding; FULLY_CONNECTED once).
+    "xnnpack": XNNPACK's fp32 requantization: float32(acc) * float32 scale (the scale as
+    float32 (input scale * weight scale) / output scale), rounded half to even.
+    """
+    if ctx.kernels == "xnnpack":
+        scales = (np.float32(x_t.scale) * w_t.scales.astype(np.float32)) / np.float32(out.scale)
+        scales = tf.constant(scales.astype(np.float32))
+
+        def xnnpack(acc):
+            scaled = tf.clip_by_value(tf.cast(acc, tf.float32) * scales,
+                                      float(_INT8_MIN - out.zero_point), float(_INT8_MAX - out.zero_point))
+            return tf.cast(tf.round(scaled), tf.int64) + out.zero_point
+        return xnnpack
+    if w_t.per_axis or not single_rounding:
+        mantissa, shift = _conv_multipliers(x_t, w_t, out)
+    else:
+        mantissa, shift = quantize_multiplier(x_t.scale * w_t.scale / out.scale)
+    multiply = (multiply_by_quantized_multiplier_single_rounding if single_rounding
+                else multiply_by_quantized_multiplier)
+    return lambda acc: multiply(acc, mantissa, shift) + out.zero_point
 
 
 def _conv_2d(ctx, op):
@@ -266,7 +290,7 @@ def _conv_2d(ctx, op):
     o = op.options
     dtype = ctx.float_dtype(255 * 128 * w.shape[1] * w.shape[2] * w.shape[3])
     kernel = tf.constant(w.transpose(1, 2, 3, 0), dtype)
-    mantissa, shift = _conv_multipliers(x_t, w_t, out)
+    requantize = _conv_requantizer(ctx, x_t, w_t, out)
     bias = _bias(ctx, op, w.shape[0])
     low, high = _activation_range(op, out)
     strides = (1, o["stride_h"], o["stride_w"], 1)
@@ -276,7 +300,7 @@ def _conv_2d(ctx, op):
         x = tf.cast(inputs[0] - x_t.zero_point, dtype)
         acc = tf.nn.conv2d(x, kernel, strides, o["padding"], dilations=dilations)
         acc = tf.cast(tf.round(acc), tf.int64)
-        return _clamp(_finish(acc, op, mantissa, shift, out, bias), low, high)
+        return _clamp(requantize(acc if bias is None else acc + bias), low, high)
     return run
 
 
@@ -290,7 +314,7 @@ def _depthwise_conv_2d(ctx, op):
     o = op.options
     dtype = ctx.float_dtype(255 * 128 * w.shape[1] * w.shape[2])
     kernel = tf.constant(w.reshape(w.shape[1], w.shape[2], channels, w.shape[3] // channels), dtype)
-    mantissa, shift = _conv_multipliers(x_t, w_t, out)
+    requantize = _conv_requantizer(ctx, x_t, w_t, out)
     bias = _bias(ctx, op, w.shape[3])
     low, high = _activation_range(op, out)
     strides = (1, o["stride_h"], o["stride_w"], 1)
@@ -302,7 +326,7 @@ def _depthwise_conv_2d(ctx, op):
         x = tf.cast(inputs[0] - x_t.zero_point, dtype)
         acc = tf.nn.depthwise_conv2d(x, kernel, strides, o["padding"], dilations=dilations)
         acc = tf.cast(tf.round(acc), tf.int64)
-        return _clamp(_finish(acc, op, mantissa, shift, out, bias), low, high)
+        return _clamp(requantize(acc if bias is None else acc + bias), low, high)
     return run
 
 
@@ -312,10 +336,7 @@ def _fully_connected(ctx, op):
     w_t, w = _weights(ctx, op)  # [out, in]
     if w.ndim != 2 or w.shape[1] != x_t.shape[-1]:
         ctx.fail(op, f"weights of shape {w.shape} do not fit input shape {x_t.shape}.")
-    if w_t.per_axis:
-        mantissa, shift = _conv_multipliers(x_t, w_t, out)
-    else:
-        mantissa, shift = quantize_multiplier(x_t.scale * w_t.scale / out.scale)
+    requantize = _conv_requantizer(ctx, x_t, w_t, out, single_rounding=True)
     dtype = ctx.float_dtype(255 * 128 * w.shape[1])
     kernel = tf.constant(w.T, dtype)
     bias = _bias(ctx, op, w.shape[0])
@@ -325,10 +346,7 @@ def _fully_connected(ctx, op):
     def run(inputs, batch):
         x = tf.reshape(tf.cast(inputs[0] - x_t.zero_point, dtype), (-1, w.shape[1]))
         acc = tf.cast(tf.round(tf.matmul(x, kernel)), tf.int64)
-        if bias is not None:
-            acc = acc + bias
-        y = multiply_by_quantized_multiplier_single_rounding(acc, mantissa, shift) + out.zero_point
-        y = _clamp(y, low, high)
+        y = _clamp(requantize(acc if bias is None else acc + bias), low, high)
         if keep_num_dims:
             return tf.reshape(y, tf.concat([tf.shape(inputs[0])[:-1], [w.shape[0]]], 0))
         return y
@@ -703,12 +721,18 @@ class Int8Model:
       array([7, 2, 1])
     """
 
-    def __init__(self, tflite, float_precision: str | None = None, jit_compile: bool = False):
+    def __init__(self, tflite, float_precision: str | None = None, jit_compile: bool = False,
+                 kernels: str = "reference"):
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels={kernels!r}; use one of {', '.join(map(repr, KERNELS))}.")
+        if float_precision not in (None, "float32", "float64"):
+            raise ValueError(f"float_precision={float_precision!r}; use 'float32', 'float64' or None.")
+        self.kernels = kernels
         self.model = read_tflite(tflite)
         if float_precision is None:
             # On GPUs, float32 convolutions may run as TF32, FFT or Winograd (not exact).
             float_precision = "float64" if tf.config.list_logical_devices("GPU") else "float32"
-        ctx = _Context(self.model, float_precision)
+        ctx = _Context(self.model, float_precision, kernels)
         producers, steps = set(), []
         known = {t.index for t in self.model.inputs} | set(self.model.constants)
         for op in self.model.ops:
@@ -733,7 +757,7 @@ class Int8Model:
 
     @property
     def exactness(self) -> dict:
-        """{op name: how exactly it is reproduced} for the ops of this model."""
+        """{op name: how exactly it is reproduced} for the ops of this model (reference kernels)."""
         return {name: EXACTNESS[name] for name in self.ops_used}
 
     def _run(self, *inputs):
@@ -846,7 +870,7 @@ def _batches(program, data, labels, batch_size):
 
 
 def evaluate_int8(model, data, labels=None, batch_size: int = 256,
-                  float_precision: str | None = None) -> Int8Evaluation:
+                  float_precision: str | None = None, kernels: str = "reference") -> Int8Evaluation:
     """Evaluates the integer-only .tflite of `model` on `data` with batched TensorFlow integer math.
 
     `model`: a QAT model (exported with `tfqat.export_tflite` first), or a .tflite
@@ -856,8 +880,10 @@ def evaluate_int8(model, data, labels=None, batch_size: int = 256,
     class ids, or one-hot rows. Float inputs are quantized with the .tflite input's
     scale and zero point (halves up, as `run_tflite`). The ops are computed as the
     reference kernels compute them, bit-exactly for most (see `EXACTNESS` and the
-    module doc). `float_precision`: "float32" or "float64" for the exact
-    convolutions (default: float32 on CPU, float64 on GPU).
+    module doc). `kernels="xnnpack"` requantizes CONV_2D, DEPTHWISE_CONV_2D and
+    FULLY_CONNECTED as XNNPACK (the default interpreter) does, in float32.
+    `float_precision`: "float32" or "float64" for the exact convolutions (default:
+    float32 on CPU, float64 on GPU).
 
     Example:
       >>> result = tfqat.evaluate_int8(qat_model, x_test, labels=y_test, batch_size=512)
@@ -870,7 +896,7 @@ def evaluate_int8(model, data, labels=None, batch_size: int = 256,
     if not isinstance(model, (bytes, bytearray, str)) and not hasattr(model, "__fspath__"):
         from tfqat.export.tflite import export_tflite
         model = export_tflite(model)
-    program = Int8Model(model, float_precision=float_precision)
+    program = Int8Model(model, float_precision=float_precision, kernels=kernels)
     raw, correct, labelled, total = [[] for _ in program.model.outputs], 0, 0, 0
     for inputs, y in _batches(program, data, labels, batch_size):
         outputs = program.run_quantized([quantize(a, t) for a, t in zip(inputs, program.model.inputs)])
