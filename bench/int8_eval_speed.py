@@ -8,7 +8,8 @@ to --examples) are then run through:
 - the LiteRT interpreter one image at a time (XNNPACK, what a user gets),
 - the LiteRT interpreter in batches (builtin, reference and XNNPACK kernels).
 Agreement is the share of images whose top-1 class is the same; "equal" the share
-of output values that are identical.
+of output values that are identical ("xnnpack_vs_kernels_xnnpack": evaluate_int8
+with kernels="xnnpack" against the XNNPACK interpreter).
 
   python bench/int8_eval_speed.py                  # lenet5, writes bench/results/int8_eval_speed.json
   python bench/int8_eval_speed.py --model convnet_bn --examples 4000
@@ -100,6 +101,12 @@ def main(argv=None):
         figures["seconds"][f"litert_{kernels}_batched"] = seconds
         figures["agreement_top1"][kernels] = float(np.mean(lite.argmax(-1) == ours.argmax(-1)))
         figures["equal_values"][kernels] = float(np.mean(lite == ours))
+    like_xnnpack, seconds = _timed(lambda: tfqat.evaluate_int8(
+        flatbuffer, x, batch_size=args.batch_size, kernels="xnnpack").outputs.raw)
+    figures["seconds"]["evaluate_int8_kernels_xnnpack"] = seconds
+    figures["agreement_top1"]["xnnpack_vs_kernels_xnnpack"] = float(
+        np.mean(lite.argmax(-1) == like_xnnpack.argmax(-1)))
+    figures["equal_values"]["xnnpack_vs_kernels_xnnpack"] = float(np.mean(lite == like_xnnpack))
     single, seconds = _timed(lambda: _one_at_a_time(flatbuffer, x))
     figures["seconds"]["litert_xnnpack_one_at_a_time"] = seconds
     figures["agreement_top1"]["xnnpack_one_at_a_time"] = float(

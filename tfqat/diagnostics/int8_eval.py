@@ -37,10 +37,15 @@ the interpreter's own input tensors, on CNN, merge and transformer graphs):
 
 The builtin kernels (`kernels="builtin"`, LiteRT's optimized ones) differ from the
 reference kernels by 1 LSB on a few values of CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED and MEAN (about 0.1-9% of values, measured), and XNNPACK (the
-default interpreter) requantizes in float32, so both differ from this by 1 LSB
-here and there, growing through a deep network; the measured top-1 agreement is
-in docs/design.md ("Integer evaluation").
+FULLY_CONNECTED and MEAN (about 0.1-9% of values, measured). XNNPACK (the default
+interpreter) requantizes in float32: `kernels="xnnpack"` computes CONV_2D,
+DEPTHWISE_CONV_2D, FULLY_CONNECTED (float32(acc) * float32 scale, rounded half to
+even) and MEAN (float32(sum - n * zp) * in_scale / (out_scale * n)) that way, and
+was bit-exact with the XNNPACK interpreter on conv / depthwise / add / max-pool /
+mean / softmax graphs; its other ops stay the reference kernels' (measured 99.7%
+of output values equal on a sigmoid / tanh / mul / sub / avg-pool graph, 65% on a
+transformer block, whose FULLY_CONNECTED and merges XNNPACK computes its own way).
+Figures: docs/design.md ("Integer evaluation").
 
 Any other op, or an op whose form is not covered (a grouped CONV_2D, a reduction
 or concatenation over the batch axis, ...), raises `UnsupportedOpError` naming the
@@ -470,9 +475,16 @@ def _mean(ctx, op):
     count = int(np.prod([x_t.shape[a] for a in axes]))
     mantissa, shift = quantize_multiplier(x_t.scale / out.scale)
 
+    if ctx.kernels == "xnnpack":  # float32 scale for the sum, rounded half to even
+        scale = np.float32(x_t.scale) / (np.float32(out.scale) * np.float32(count))
+
+        def run(inputs, batch):
+            acc = tf.reduce_sum(inputs[0], axis=axes, keepdims=keep_dims) - x_t.zero_point * count
+            scaled = tf.round(tf.cast(acc, tf.float32) * scale)
+            return _clamp(tf.cast(scaled, tf.int64) + out.zero_point)
     # QuantizedMeanOrSum, which the reference kernels use for every int8 mean (equal scales
     # and keep_dims included): 1/count folded into the multiplier.
-    if True:
+    else:
         extra = min(count.bit_length() - 1, 32, 31 + shift)
         mean_mantissa = (mantissa << extra) // count
         mean_shift = shift - extra
