@@ -371,7 +371,8 @@ def _batch_matmul(ctx, op):
         float(np.float32(a_t.scale) * np.float32(b_t.scale)) / float(out.scale))
     depth = a_t.shape[-2] if op.options.get("adj_x") else a_t.shape[-1]
     dtype = ctx.float_dtype(255 * 255 * depth)
-    constants = [ctx.constant(a_t), ctx.constant(b_t)]
+    if ctx.constant(a_t) is not None or ctx.constant(b_t) is not None:
+        ctx.fail(op, "a constant operand is not supported.")
 
     def run(inputs, batch):
         a, b = (tf.cast(x - t.zero_point, dtype) for x, t in zip(inputs, (a_t, b_t)))
@@ -379,8 +380,6 @@ def _batch_matmul(ctx, op):
                         adjoint_b=bool(op.options.get("adj_y")))
         acc = tf.cast(tf.round(acc), tf.int64)
         return _clamp(multiply_by_quantized_multiplier(acc, mantissa, shift) + out.zero_point)
-    if any(c is not None for c in constants):
-        ctx.fail(op, "a constant operand is not supported.")
     return run
 
 
@@ -743,7 +742,10 @@ class Int8Model:
     Construction checks every op and raises `UnsupportedOpError` for the first one
     it cannot evaluate. `run_quantized` takes the model's int8 (or int32) inputs
     and returns its raw outputs; `predict` takes float inputs and quantizes them
-    as the .tflite's input tensors say (as `run_tflite` does).
+    as the .tflite's input tensors say (as `run_tflite` does). `steps` lists
+    (OpInfo, fn) in execution order, fn(input tensors as int64, batch) -> output,
+    for op-by-op checks. `kernels`: "reference" or "xnnpack" (see `KERNELS`);
+    `jit_compile`: compile the graph with XLA (slower on CPU here, measured).
 
     Example:
       >>> program = Int8Model("model_int8.tflite")
@@ -764,7 +766,7 @@ class Int8Model:
             # On GPUs, float32 convolutions may run as TF32, FFT or Winograd (not exact).
             float_precision = "float64" if tf.config.list_logical_devices("GPU") else "float32"
         ctx = _Context(self.model, float_precision, kernels)
-        producers, steps = set(), []
+        steps = []
         known = {t.index for t in self.model.inputs} | set(self.model.constants)
         for op in self.model.ops:
             builder = _BUILDERS.get(op.name)
@@ -779,7 +781,6 @@ class Int8Model:
                                          "earlier op writes.")
             steps.append((op, builder(ctx, op)))
             known.update(op.output_indices)
-            producers.update(op.output_indices)
         self.steps = steps
         self.ops_used = sorted({op.name for op in self.model.ops})
         specs = [tf.TensorSpec((None, *t.shape[1:]), tf.dtypes.as_dtype(t.dtype))
