@@ -216,6 +216,20 @@ def test_two_inputs_in_keras_order():
         evaluate_int8(flatbuffer, [xa, xb, xa])
 
 
+def test_reshapes_with_a_dynamic_batch_compute_their_shape_in_the_graph():
+    """Keras Reshape and Flatten at the output become SHAPE, STRIDED_SLICE, PACK, RESHAPE."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    qat = tfqat.quantize_model(keras.Model(inp, L.Flatten()(L.Reshape((9, 16))(x))))
+    tfqat.calibrate(qat, np.random.default_rng(0).normal(0, 1, (32, 6, 6, 3)).astype("float32"))
+    flatbuffer = tfqat.export_tflite(qat)
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= set(Int8Model(flatbuffer).ops_used)
+    x = np.random.default_rng(1).normal(0, 1, (37, 6, 6, 3)).astype("float32")
+    ours = evaluate_int8(flatbuffer, x, batch_size=16).outputs.raw  # batches of 16 and 5
+    np.testing.assert_array_equal(ours, run_tflite(flatbuffer, x, kernels="reference").raw)
+
+
 def test_an_unsupported_op_is_named_before_anything_runs():
     keras.utils.set_random_seed(0)
     inp = keras.Input((4, 4, 2), name="image")

@@ -28,7 +28,8 @@ the interpreter's own input tensors, on CNN, merge and transformer graphs):
   FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, AVERAGE_POOL_2D, MAX_POOL_2D,
   MEAN, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, CONCATENATION (equal scales),
   PAD, PADV2, QUANTIZE (int8 -> int8), DEQUANTIZE, MAXIMUM, MINIMUM, RELU, RELU6,
-  GATHER.
+  GATHER, and SHAPE / STRIDED_SLICE / PACK (the shape arithmetic of a reshape with
+  a dynamic batch, and copies of int8 slices).
 - bit-exact where tested, by a float32 formula: LOGISTIC, TANH, GELU, RSQRT (a
   256-entry table of the function in float32, rounded half away from zero, as
   LiteRT builds it). These depend on float32 libm results: a last-bit difference
@@ -87,7 +88,7 @@ EXACTNESS = {
         "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL",
         "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
         "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "QUANTIZE", "DEQUANTIZE", "MAXIMUM",
-        "MINIMUM", "RELU", "RELU6", "GATHER")},
+        "MINIMUM", "RELU", "RELU6", "GATHER", "SHAPE", "STRIDED_SLICE", "PACK")},
     "LOGISTIC": FLOAT_LUT, "TANH": FLOAT_LUT, "GELU": FLOAT_LUT, "RSQRT": FLOAT_LUT,
     "SOFTMAX": FLOAT_SOFTMAX,
 }
@@ -515,7 +516,10 @@ def _reshape(ctx, op):
     if x_t.dtype == "int8":
         _same_quantization(ctx, op, x_t, out)
     shape = ctx.constant(op.inputs[1]) if len(op.inputs) > 1 else None
-    if op.name == "RESHAPE":
+    if op.name == "RESHAPE" and shape is None and len(op.inputs) > 1:
+        def run(inputs, batch):  # a shape computed in the graph (SHAPE, STRIDED_SLICE, PACK)
+            return tf.reshape(inputs[0], tf.cast(inputs[1], tf.int32))
+    elif op.name == "RESHAPE":
         shape = op.options.get("new_shape") if shape is None else shape.reshape(-1)
         if shape is None or len(shape) == 0:
             ctx.fail(op, "the new shape is not constant, or has no batch axis.")
@@ -540,6 +544,60 @@ def _reshape(ctx, op):
 
         def run(inputs, batch):
             return tf.expand_dims(inputs[0], axis)
+    return run
+
+
+def _shape(ctx, op):
+    if op.outputs[0].dtype != "int32":
+        ctx.fail(op, f"output type {op.outputs[0].dtype} is not supported (int32 only).")
+
+    def run(inputs, batch):
+        return tf.cast(tf.shape(inputs[0]), tf.int64)
+    return run
+
+
+def _is_data(tensor):
+    """An int8 activation (batch axis first), not a small int32 shape vector."""
+    return tensor.dtype == "int8"
+
+
+def _strided_slice(ctx, op):
+    x_t, out = op.inputs[0], op.outputs[0]
+    begin, end, strides = (ctx.constant(t) for t in op.inputs[1:4])
+    if begin is None or end is None or strides is None:
+        ctx.fail(op, "only constant begin, end and strides are supported.")
+    o = op.options
+    masks = {key: int(o.get(key, 0)) for key in (
+        "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+    if o.get("offset"):
+        ctx.fail(op, "offset=True is not supported.")
+    if _is_data(x_t):
+        _same_quantization(ctx, op, x_t, out)
+        keeps_batch = (masks["begin_mask"] & 1 and masks["end_mask"] & 1 and int(strides[0]) == 1
+                       and not masks["ellipsis_mask"] and not masks["new_axis_mask"]
+                       and not masks["shrink_axis_mask"] & 1)
+        if not keeps_batch:
+            ctx.fail(op, "slicing the batch axis is not supported.")
+    begin, end, strides = (tf.constant(np.asarray(v).reshape(-1).astype(np.int64))
+                           for v in (begin, end, strides))
+
+    def run(inputs, batch):
+        return tf.strided_slice(inputs[0], begin, end, strides, **masks)
+    return run
+
+
+def _pack(ctx, op):
+    out = op.outputs[0]
+    axis = int(op.options.get("axis", 0))
+    if any(_is_data(t) for t in op.inputs):
+        _requires_int8(ctx, op, [*op.inputs, out])
+        for t in op.inputs:
+            _same_quantization(ctx, op, t, out)
+        if axis % len(out.shape) == 0:
+            ctx.fail(op, "packing along the batch axis is not supported.")
+
+    def run(inputs, batch):
+        return tf.stack(inputs, axis)
     return run
 
 
@@ -727,6 +785,7 @@ _BUILDERS = {
     "QUANTIZE": _quantize, "DEQUANTIZE": _dequantize,
     "MAXIMUM": _maximum_or_minimum, "MINIMUM": _maximum_or_minimum,
     "RELU": _relu, "RELU6": _relu, "GATHER": _gather,
+    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack,
     "LOGISTIC": _lookup_table(lambda x, op: np.float32(1) / (np.float32(1) + np.exp(-x))),
     "TANH": _lookup_table(lambda x, op: np.tanh(x)),
     "GELU": _lookup_table(_gelu),
