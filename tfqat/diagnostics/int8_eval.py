@@ -95,9 +95,9 @@ EXACTNESS = {
 
 _INT8_MIN, _INT8_MAX = -128, 127
 
-# Whose arithmetic `Int8Model` reproduces. "xnnpack" changes only the requantization of
-# CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (XNNPACK's fp32 requantization); every
-# other op is computed as the reference kernels compute it.
+# Whose arithmetic `Int8Model` reproduces. "xnnpack" changes CONV_2D, DEPTHWISE_CONV_2D,
+# FULLY_CONNECTED and MEAN to XNNPACK's float32 requantization; every other op is computed
+# as the reference kernels compute it (SOFTMAX as the builtin kernel, in both).
 KERNELS = ("reference", "xnnpack")
 
 
