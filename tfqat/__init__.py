@@ -17,6 +17,7 @@ from tfqat.calibration.calibrators import calibrate
 from tfqat.config import LayerQuantConfig, QuantConfig
 from tfqat.diagnostics.report import LayerReport, TFLiteDiff, compare_tflite, layer_report
 from tfqat.diagnostics.fidelity import OpFidelity, op_fidelity
+from tfqat.diagnostics.int8_eval import evaluate_int8
 from tfqat.export.tflite import ExportError, NotIntegerOnlyError, export_tflite
 from tfqat.rewrite.graph import GraphError
 from tfqat.export.reader import TFLiteReport, inspect_tflite
@@ -43,7 +44,7 @@ __all__ = [
     "QuantConfig", "QuantConv1D", "QuantConv2D", "QuantConv2DTranspose", "QuantDense",
     "QuantDepthwiseConv2D", "QuantEmbedding", "QuantLayerNormalization",
     "QuantMultiHeadAttention", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
-    "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
+    "evaluate_int8", "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
     "OutputQuant", "QATModel", "QuantRegistry", "QuantWrapper", "QuantizationRecord",
     "QuantizeSpec", "Replacement", "RewriteRule", "Step", "WeightQuant", "record_of", "reestimate_batchnorm",
 ]

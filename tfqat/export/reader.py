@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 
 import flatbuffers
 import numpy as np
@@ -114,6 +115,9 @@ class OpInfo:
     name: str
     inputs: list
     outputs: list
+    # The op's builtin options, snake_case keys ({"padding": "SAME", "stride_w": 1,
+    # "fused_activation_function": "RELU", ...}); {} for an op without options.
+    options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def input_indices(self) -> list:
@@ -144,6 +148,8 @@ class TFLiteModel:
     metadata: {name: bytes} of the flatbuffer's metadata entries.
     input_names: the Keras input names, in `inputs` order (from the signature; else
       the tensor names).
+    constants: {tensor index: np.ndarray} of the tensors stored with data in the
+      file (weights, biases, shapes, axes), in the tensor's dtype and shape.
     """
 
     content: bytes
@@ -153,6 +159,7 @@ class TFLiteModel:
     outputs: list
     metadata: dict
     input_names: list = dataclasses.field(default_factory=list)
+    constants: dict = dataclasses.field(default_factory=dict)
 
     def interpreter(self, kernels: str = "builtin", preserve_all_tensors: bool = False,
                     num_threads: int | None = None) -> Interpreter:
@@ -316,10 +323,60 @@ def read_tflite(model) -> TFLiteModel:
     interpreter = load_interpreter(content)  # verifies the flatbuffer first
     tensors = tensor_details(interpreter)
     names, inputs, outputs = _signature_io(interpreter)
+    ops = _ops(interpreter, tensors)
+    options, constants = _options_and_constants(content, tensors)
+    if len(options) == len(ops):  # the builtin interpreter runs subgraph 0's operators in order
+        for op, (code, op_options) in zip(ops, options):
+            if code == op.name:
+                op.options = op_options
     return TFLiteModel(
-        content=content, tensors=tensors, ops=_ops(interpreter, tensors),
+        content=content, tensors=tensors, ops=ops,
         inputs=[tensors[i] for i in inputs], outputs=[tensors[i] for i in outputs],
-        metadata=read_metadata(content), input_names=names)
+        metadata=read_metadata(content), input_names=names, constants=constants)
+
+
+def _enum_names(enum_class) -> dict:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-zA-Z0-9])([A-Z])", r"_\1", name).lower()
+
+
+# Option fields that hold an enum, shown by name.
+_ENUM_OPTIONS = {"padding": schema_fb.Padding,
+                 "fused_activation_function": schema_fb.ActivationFunctionType}
+
+
+def _options_and_constants(content, tensors):
+    """([(builtin op name, options dict)] of subgraph 0's operators, {index: constant array})."""
+    root = schema_fb.Model.GetRootAs(content, 0)
+    model = schema_fb.ModelT.InitFromObj(root)
+    op_names = _enum_names(schema_fb.BuiltinOperator)
+    enum_names = {key: _enum_names(enum) for key, enum in _ENUM_OPTIONS.items()}
+    subgraph = model.subgraphs[0]
+    found = []
+    for operator in subgraph.operators or []:
+        code = model.operatorCodes[operator.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        options = {}
+        for key, value in (vars(operator.builtinOptions) if operator.builtinOptions is not None else {}).items():
+            key = _snake_case(key)
+            if key in enum_names:
+                value = enum_names[key].get(value, value)
+            elif isinstance(value, np.ndarray):
+                value = tuple(value.tolist())
+            options[key] = value
+        found.append((op_names.get(builtin, str(builtin)), options))
+    constants = {}
+    for index, tensor in enumerate(subgraph.tensors or []):
+        info = tensors.get(index)
+        if not tensor.buffer or info is None:
+            continue
+        data = _buffer_data(root, tensor.buffer, content)
+        if data:
+            constants[index] = np.frombuffer(data, np.dtype(info.dtype)).reshape(info.shape)
+    return found, constants
 
 
 def _signature_io(interpreter):
