@@ -1,0 +1,105 @@
+"""The remaining single layers of the transformer issue, in tests/test_layer_set.py's style.
+
+Each case is a tiny model: quantize_model -> fit -> save/load -> export_tflite with the real
+converter -> integer-only with int8 I/O, the layer's TFLite ops present, no requantizing
+QUANTIZE, and op_fidelity within 1 LSB with no unmatched tensor (inner tensors of composite
+layers included). Layers without an integer-only form must be refused with their name.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tfqat
+from tfqat.diagnostics.fidelity import op_fidelity
+from tfqat.nn.composite import CompositeQuantLayer
+
+L = keras.layers
+
+
+def head(x):
+    return L.Dense(5, name="head")(L.Flatten()(x))
+
+
+def prelu(**kwargs):
+    def build(inp):
+        return head(L.PReLU(name="prelu", **kwargs)(L.Conv2D(4, 3, name="conv")(inp)))
+    return build
+
+
+def randomize_prelu(model, seed=0):
+    """Alphas of both signs and sizes, as after training (Keras initializes them to 0)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.PReLU):
+            layer.alpha.assign(rng.uniform(-0.4, 0.6, layer.alpha.shape).astype("float32"))
+    return model
+
+
+IMAGE = (6, 6, 3)
+# name: (builder, input shape, TFLite ops that must appear)
+CASES = {
+    "prelu_shared": (prelu(shared_axes=[1, 2]), IMAGE, {"PRELU": 1}),
+    "prelu_full": (prelu(), IMAGE, {"PRELU": 1}),
+}
+REQUANTIZE_OPS = {}
+
+
+def float_model(name):
+    build, shape, _ = CASES[name]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape, name="x")
+    return randomize_prelu(keras.Model(inp, build(inp)))
+
+
+def inputs(name, n=32, seed=1):
+    return np.random.default_rng(seed).normal(0, 1, (n, *CASES[name][1])).astype("float32")
+
+
+def check_export(qat, x, name):
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
+    for op, count in CASES[name][2].items():
+        assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
+    assert report.op_histogram.get("QUANTIZE", 0) == REQUANTIZE_OPS.get(name, 0), \
+        dict(report.op_histogram)
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert op_by_op.unmatched == (), str(op_by_op)
+    inner = {q.name for layer in qat.layers if isinstance(layer, CompositeQuantLayer)
+             for q in layer.inner_quantizers}
+    assert inner <= {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    return report
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layer_fits_saves_loads_and_exports_integer_only(tmp_path, name):
+    qat = tfqat.quantize_model(float_model(name))
+    x = inputs(name, 48)
+    y = np.random.default_rng(2).integers(0, 5, len(x))
+    qat.compile(keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    check_export(loaded, x, name)
+
+
+def test_prelu_alpha_is_the_per_tensor_int8_constant_of_the_tflite():
+    qat = tfqat.quantize_model(float_model("prelu_full"))
+    x = inputs("prelu_full")
+    tfqat.calibrate(qat, x)
+    report = check_export(qat, x, "prelu_full")
+    (op,) = [op for op in report.ops if op.name == "PRELU"]
+    alpha = op.inputs[1]
+    layer = qat.get_layer("prelu")
+    bound = np.abs(layer.alpha.numpy()).max()
+    assert alpha.dtype == "int8" and alpha.scales.size == 1 and int(alpha.zero_points[0]) == 0
+    np.testing.assert_allclose(alpha.scales[0], bound / 127, rtol=1e-6)
+    levels = layer.quantized_alpha().numpy() / (bound / 127)
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
