@@ -36,13 +36,47 @@ def randomize_prelu(model, seed=0):
     return model
 
 
+def branches(inp, count=2):
+    return [L.Conv2D(4, 1, name=f"branch_{i}")(inp) for i in range(count)]
+
+
+def maximum(inp):
+    return head(L.Maximum(name="max")(branches(inp)))
+
+
+def nested_max_min(inp):
+    a, b, c = branches(inp, 3)
+    return head(L.Minimum(name="min")([L.Maximum(name="max")([a, b]), c]))
+
+
+def maximum_of_a_branching_tensor(inp):
+    # branch_0 is read by the Maximum and by the head: it keeps its own scale, and the
+    # converter requantizes it once for MAXIMUM.
+    a, b = branches(inp)
+    x = L.Maximum(name="max")([a, b])
+    return L.Dense(5, name="head")(L.Flatten()(L.Concatenate(name="cat")([x, L.ReLU()(a)])))
+
+
+def average(count):
+    def build(inp):
+        return head(L.Average(name="avg")(branches(inp, count)))
+    return build
+
+
 IMAGE = (6, 6, 3)
 # name: (builder, input shape, TFLite ops that must appear)
 CASES = {
     "prelu_shared": (prelu(shared_axes=[1, 2]), IMAGE, {"PRELU": 1}),
     "prelu_full": (prelu(), IMAGE, {"PRELU": 1}),
+    "maximum": (maximum, IMAGE, {"MAXIMUM": 1}),
+    "nested_max_min": (nested_max_min, IMAGE, {"MAXIMUM": 1, "MINIMUM": 1}),
+    "maximum_of_a_branching_tensor": (maximum_of_a_branching_tensor, IMAGE, {"MAXIMUM": 1}),
+    "average": (average(2), IMAGE, {"ADD": 1, "MUL": 1}),
+    "average_of_three": (average(3), IMAGE, {"ADD": 2, "MUL": 1}),
 }
-REQUANTIZE_OPS = {}
+# QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
+# own scale, and MAXIMUM needs its inputs at its output's scale.
+REQUANTIZE_OPS = {"maximum_of_a_branching_tensor": 1}
 
 
 def float_model(name):
@@ -103,3 +137,30 @@ def test_prelu_alpha_is_the_per_tensor_int8_constant_of_the_tflite():
     np.testing.assert_allclose(alpha.scales[0], bound / 127, rtol=1e-6)
     levels = layer.quantized_alpha().numpy() / (bound / 127)
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["maximum", "nested_max_min"])
+def test_max_min_inputs_share_the_output_quantizer(name):
+    qat = tfqat.quantize_model(float_model(name))
+    record = tfqat.record_of(qat)
+    root = "min" if name == "nested_max_min" else "max"
+    by_layer = {d.float_layers: d for d in record.decisions}
+    assert by_layer[(root,)].scale_policy == "own"
+    members = [("branch_0",), ("branch_1",)] + ([("branch_2",), ("max",)] if root == "min" else [])
+    for member in members:
+        decision = by_layer[member]
+        assert decision.scale_policy == "max_min", decision
+        assert decision.output_quantizer == f"{root}_fq", decision
+    tfqat.calibrate(qat, inputs(name))
+    flatbuffer = tfqat.export_tflite(qat)
+    ops = tfqat.inspect_tflite(flatbuffer).ops
+    scales = {(float(t.scales[0]), int(t.zero_points[0])) for op in ops
+              if op.name in ("MAXIMUM", "MINIMUM") for t in (*op.inputs, *op.outputs)}
+    assert len(scales) == 1, scales
+
+
+def test_a_wide_maximum_is_refused_with_the_layer_named():
+    inp = keras.Input(IMAGE, name="x")
+    model = keras.Model(inp, head(L.Maximum(name="wide_max")(branches(inp, 3))))
+    with pytest.raises(tfqat.UnsupportedLayerError, match="'wide_max'.*two"):
+        tfqat.quantize_model(model)

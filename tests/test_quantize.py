@@ -245,13 +245,6 @@ def test_division_by_a_tensor_is_refused_with_the_op_named(divide):
     assert [type(o).__name__ for o in qat.operations if o.name == op.name] == ["TrueDivide"]
 
 
-def test_average_is_refused_with_an_integer_only_replacement_named():
-    a, b = keras.Input((4,)), keras.Input((4,))
-    model = keras.Model([a, b], keras.layers.Average(name="avg")([a, b]))
-    with pytest.raises(tfqat.UnsupportedLayerError, match=r"'avg' \(Average\).*Rescaling\(1 / n\)"):
-        tfqat.quantize_model(model)
-
-
 @pytest.mark.parametrize("merge", [keras.layers.Add, keras.layers.Multiply])
 def test_a_merge_of_three_tensors_is_refused_with_the_layer_named(merge):
     inputs = [keras.Input((4,), name=name) for name in "abc"]
