@@ -27,13 +27,30 @@ def prelu(**kwargs):
     return build
 
 
-def randomize_prelu(model, seed=0):
-    """Alphas of both signs and sizes, as after training (Keras initializes them to 0)."""
+def randomize(model, seed=0):
+    """Trained-looking weights: PReLU alphas of both signs (Keras starts them at 0), and
+    non-trivial GroupNormalization gamma/beta."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, L.PReLU):
             layer.alpha.assign(rng.uniform(-0.4, 0.6, layer.alpha.shape).astype("float32"))
+        if isinstance(layer, L.GroupNormalization):
+            for weight, base in ((layer.gamma, 1.0), (layer.beta, 0.0)):
+                if weight is not None:
+                    weight.assign(base + rng.normal(0, 0.3, weight.shape).astype("float32"))
     return model
+
+
+def group_norm(**kwargs):
+    def build(inp):
+        return head(L.GroupNormalization(name="gn", **kwargs)(L.Conv2D(6, 1, name="conv")(inp)))
+    return build
+
+
+def unit_norm(**kwargs):
+    def build(inp):
+        return head(L.UnitNormalization(name="un", **kwargs)(L.Conv2D(4, 1, name="conv")(inp)))
+    return build
 
 
 def branches(inp, count=2):
@@ -64,6 +81,7 @@ def average(count):
 
 
 IMAGE = (6, 6, 3)
+LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
 # name: (builder, input shape, TFLite ops that must appear)
 CASES = {
     "prelu_shared": (prelu(shared_axes=[1, 2]), IMAGE, {"PRELU": 1}),
@@ -73,6 +91,13 @@ CASES = {
     "maximum_of_a_branching_tensor": (maximum_of_a_branching_tensor, IMAGE, {"MAXIMUM": 1}),
     "average": (average(2), IMAGE, {"ADD": 1, "MUL": 1}),
     "average_of_three": (average(3), IMAGE, {"ADD": 2, "MUL": 1}),
+    "group_norm": (group_norm(groups=3), IMAGE, {**LN_OPS, "RESHAPE": 2}),
+    "group_norm_instance": (group_norm(groups=-1, center=False), IMAGE,
+                            {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 1, "RSQRT": 1}),
+    "group_norm_one_group_no_scale": (group_norm(groups=1, scale=False), IMAGE,
+                                      {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "RSQRT": 1}),
+    "unit_norm": (unit_norm(), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
+    "unit_norm_axes": (unit_norm(axis=[1, 2]), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
 }
 # QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
 # own scale, and MAXIMUM needs its inputs at its output's scale.
@@ -84,7 +109,7 @@ def float_model(name):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     inp = keras.Input(shape, name="x")
-    return randomize_prelu(keras.Model(inp, build(inp)))
+    return randomize(keras.Model(inp, build(inp)))
 
 
 def inputs(name, n=32, seed=1):
@@ -164,3 +189,21 @@ def test_a_wide_maximum_is_refused_with_the_layer_named():
     model = keras.Model(inp, head(L.Maximum(name="wide_max")(branches(inp, 3))))
     with pytest.raises(tfqat.UnsupportedLayerError, match="'wide_max'.*two"):
         tfqat.quantize_model(model)
+
+
+def test_group_norm_on_another_axis_is_refused_with_the_layer_name():
+    inp = keras.Input((6, 6, 4), name="x")
+    model = keras.Model(inp, head(L.GroupNormalization(2, axis=1, name="gn_axis1")(inp)))
+    with pytest.raises(ValueError, match="gn_axis1.*axis"):
+        tfqat.quantize_model(model)
+
+
+@pytest.mark.parametrize("name", ["group_norm", "unit_norm", "prelu_shared", "average"])
+def test_qat_layer_matches_the_float_layer_at_16_bits(name):
+    model = float_model(name)
+    x = inputs(name, 16)
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
+    tfqat.calibrate(qat, x)
+    # PReLU's alpha stays 8-bit (the converter's int8 constant): up to 1/254 of alpha * x off.
+    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=2e-2)
