@@ -80,6 +80,10 @@ def average(count):
     return build
 
 
+def random_crop(inp):
+    return head(L.Conv2D(4, 3, name="conv")(L.RandomCrop(5, 4, seed=1, name="crop")(inp)))
+
+
 IMAGE = (6, 6, 3)
 LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
 # name: (builder, input shape, TFLite ops that must appear)
@@ -98,6 +102,7 @@ CASES = {
                                       {"MEAN": 2, "SUB": 1, "MUL": 2, "ADD": 2, "RSQRT": 1}),
     "unit_norm": (unit_norm(), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
     "unit_norm_axes": (unit_norm(axis=[1, 2]), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
+    "random_crop": (random_crop, (8, 7, 3), {"STRIDED_SLICE": 1}),
 }
 # QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
 # own scale, and MAXIMUM needs its inputs at its output's scale.
@@ -207,3 +212,31 @@ def test_qat_layer_matches_the_float_layer_at_16_bits(name):
     # PReLU's alpha stays 8-bit (the converter's int8 constant): up to 1/254 of alpha * x off.
     np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=2e-2)
+
+
+def test_random_crop_crops_at_random_in_training_and_the_center_at_inference():
+    qat = tfqat.quantize_model(float_model("random_crop"))
+    crop = qat.get_layer("crop")
+    assert isinstance(crop, tfqat.nn.layers.CenterCropAtInference)
+    x = inputs("random_crop", 4)
+    np.testing.assert_array_equal(crop(x, training=False).numpy(), x[:, 1:6, 1:5])
+    crops = {tuple(crop(x, training=True).numpy()[0, 0, :, 0]) for _ in range(12)}
+    assert len(crops) > 1
+    assert {c for c in crops} <= {tuple(x[0, r, c:c + 4, 0]) for r in range(4) for c in range(4)}
+
+
+def test_random_crop_of_a_target_size_equal_to_the_input_leaves_no_op():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(IMAGE, name="x")
+    model = keras.Model(inp, head(L.Conv2D(4, 3, name="conv")(L.RandomCrop(6, 6)(inp))))
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, inputs("prelu_full"))
+    report = tfqat.inspect_tflite(tfqat.export_tflite(qat))
+    assert report.integer_only and "STRIDED_SLICE" not in report.op_histogram, str(report)
+
+
+def test_random_crop_to_a_larger_size_is_refused_with_the_layer_name():
+    inp = keras.Input(IMAGE, name="x")
+    model = keras.Model(inp, head(L.RandomCrop(8, 4, name="grow_crop")(inp)))
+    with pytest.raises(ValueError, match="grow_crop.*8x4"):
+        tfqat.quantize_model(model)

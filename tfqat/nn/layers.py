@@ -700,3 +700,60 @@ class NearestUpSampling2D(keras.layers.Layer):
         config = super().get_config()
         config.update(size=self.size)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class CenterCropAtInference(keras.layers.Layer):
+    """keras.layers.RandomCrop in training, a center crop (an int8 slice) at inference.
+
+    Keras 3's RandomCrop crops an input larger than its target at a random offset in
+    training (one offset per batch), a centered one when only one side is larger; at
+    inference it returns its input uncropped, although it declares the cropped shape,
+    so any size-dependent layer after it fails. This layer crops the center at inference
+    (the declared shape; what Keras 2 did), which TFLite runs as one int8 STRIDED_SLICE
+    that keeps its input's scale. An input smaller than the target (Keras resizes it) is
+    refused: the resize has no fixed place in the inference graph.
+
+    Example:
+      >>> crop = CenterCropAtInference(4, 4, seed=1)
+      >>> crop(tf.reshape(tf.range(36.0), [1, 6, 6, 1]))[0, :, :, 0].numpy()[0]
+      array([ 7.,  8.,  9., 10.], dtype=float32)
+    """
+
+    def __init__(self, height, width, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None or \
+                input_shape[1] < self.height or input_shape[2] < self.width:
+            raise ValueError(
+                f"RandomCrop '{self.name}' crops to {self.height}x{self.width}, and its input "
+                f"has shape {tuple(input_shape)}; tfqat quantizes a RandomCrop of a batched "
+                "channels-last image with a static size at least the target (a crop, an int8 "
+                "slice). A smaller input is resized by Keras, and at inference Keras 3 does "
+                "not crop at all. Leave it in float with QuantConfig(exclude=(...)), or crop "
+                "or resize with Cropping2D/Resizing.")
+
+    def call(self, inputs, training=None):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height == self.height and width == self.width:
+            return inputs
+        if training and height > self.height and width > self.width:
+            top = keras.random.randint((), 0, height - self.height + 1, seed=self._seed_generator)
+            left = keras.random.randint((), 0, width - self.width + 1, seed=self._seed_generator)
+            cropped = tf.slice(inputs, tf.stack([0, top, left, 0]),
+                               [-1, self.height, self.width, -1])
+            return tf.ensure_shape(cropped, [None, self.height, self.width, inputs.shape[3]])
+        top, left = (height - self.height) // 2, (width - self.width) // 2
+        return inputs[:, top:top + self.height, left:left + self.width, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(height=self.height, width=self.width, seed=self.seed)
+        return config
