@@ -84,7 +84,19 @@ def random_crop(inp):
     return head(L.Conv2D(4, 3, name="conv")(L.RandomCrop(5, 4, seed=1, name="crop")(inp)))
 
 
+def einsum(equation, output_shape, bias_axes=None, activation=None, reshape=None):
+    def build(inp):
+        x = L.Dense(4, name="proj")(inp)
+        if reshape is not None:
+            x = L.Reshape(reshape, name="view")(x)
+        x = L.EinsumDense(equation, output_shape, bias_axes=bias_axes, activation=activation,
+                          name="einsum")(x)
+        return head(x)
+    return build
+
+
 IMAGE = (6, 6, 3)
+SEQUENCE = (6, 4)
 LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
 # name: (builder, input shape, TFLite ops that must appear)
 CASES = {
@@ -103,6 +115,13 @@ CASES = {
     "unit_norm": (unit_norm(), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
     "unit_norm_axes": (unit_norm(axis=[1, 2]), IMAGE, {"SUM": 1, "RSQRT": 1, "MUL": 2}),
     "random_crop": (random_crop, (8, 7, 3), {"STRIDED_SLICE": 1}),
+    "einsum_matrix": (einsum("ab,bc->ac", 6, "c"), (4,), {"CONV_2D": 1}),
+    "einsum_sequence_relu": (einsum("abc,cd->abd", (6, 8), "d", "relu"), SEQUENCE,
+                             {"CONV_2D": 1}),
+    "einsum_heads": (einsum("abc,cde->abde", (6, 2, 3), "de"), SEQUENCE, {"CONV_2D": 1}),
+    "einsum_merge_heads": (einsum("abde,dec->abc", (6, 5), "c", reshape=(6, 2, 2)), SEQUENCE,
+                           {"CONV_2D": 1}),
+    "einsum_ellipsis": (einsum("...b,bc->...c", 5), SEQUENCE, {"CONV_2D": 1}),
 }
 # QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
 # own scale, and MAXIMUM needs its inputs at its output's scale.
@@ -240,3 +259,29 @@ def test_random_crop_to_a_larger_size_is_refused_with_the_layer_name():
     model = keras.Model(inp, head(L.RandomCrop(8, 4, name="grow_crop")(inp)))
     with pytest.raises(ValueError, match="grow_crop.*8x4"):
         tfqat.quantize_model(model)
+
+
+def test_einsum_dense_per_tensor_is_fully_connected_and_matches_the_float_layer():
+    model = float_model("einsum_heads")
+    x = inputs("einsum_heads")
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(per_channel=False))
+    tfqat.calibrate(qat, x)
+    report = tfqat.inspect_tflite(tfqat.export_tflite(qat))
+    # proj, einsum and head
+    assert report.integer_only and report.op_histogram["FULLY_CONNECTED"] == 3, str(report)
+    q16 = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
+    tfqat.calibrate(q16, x)
+    np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-3)
+
+
+@pytest.mark.parametrize("equation, output_shape, bias_axes, message", [
+    ("abc,bcd->abd", (6, 8), None, "BATCH_MATMUL"),
+    ("abc,cd->abd", (6, 8), "bd", "bias"),
+    ("abc,bd->acd", (4, 8), None, "not a Dense on the input's trailing axes"),
+])
+def test_other_einsum_equations_are_refused_with_the_equation(equation, output_shape, bias_axes,
+                                                              message):
+    inp = keras.Input(SEQUENCE, name="x")
+    x = L.EinsumDense(equation, output_shape, bias_axes=bias_axes, name="odd_einsum")(inp)
+    with pytest.raises(ValueError, match=f"odd_einsum.*{equation}.*{message}"):
+        tfqat.quantize_model(keras.Model(inp, head(x)))

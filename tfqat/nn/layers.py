@@ -757,3 +757,36 @@ class CenterCropAtInference(keras.layers.Layer):
         config = super().get_config()
         config.update(height=self.height, width=self.width, seed=self.seed)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class ReshapeTrailingAxes(keras.layers.Layer):
+    """Reshapes the last `num_axes` axes of its input to `dims`, the leading ones kept.
+
+    A RESHAPE keeps the int8 scale. With static leading dimensions the target shape is
+    static, so the .tflite has no SHAPE ops. (EinsumDense runs as Dense between two.)
+
+    Example:
+      >>> ReshapeTrailingAxes(2, (12,))(tf.zeros([2, 5, 3, 4])).shape
+      TensorShape([2, 5, 12])
+    """
+
+    def __init__(self, num_axes, dims, **kwargs):
+        super().__init__(**kwargs)
+        self.num_axes = int(num_axes)
+        self.dims = tuple(int(d) for d in dims)
+
+    def call(self, inputs):
+        leading = list(inputs.shape[1:-self.num_axes])
+        if any(d is None for d in leading):
+            shape = tf.shape(inputs)[:-self.num_axes]
+            return tf.reshape(inputs, tf.concat([shape, self.dims], 0))
+        return tf.reshape(inputs, [-1, *leading, *self.dims])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-self.num_axes], *self.dims)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_axes=self.num_axes, dims=list(self.dims))
+        return config

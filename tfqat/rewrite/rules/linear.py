@@ -43,7 +43,7 @@ def takes_activation_argument(layer) -> bool:
       >>> takes_activation_argument(keras.layers.SeparableConv2D(4, 3, activation="relu"))
       True
     """
-    return is_linear(layer) or is_separable(layer)
+    return is_linear(layer) or is_separable(layer) or type(layer) is keras.layers.EinsumDense
 
 
 def is_batchnorm(layer) -> bool:
