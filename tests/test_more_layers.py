@@ -9,10 +9,12 @@ layers included). Layers without an integer-only form must be refused with their
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfqat
 from tfqat.diagnostics.fidelity import op_fidelity
 from tfqat.nn.composite import CompositeQuantLayer
+from tiny_models import randomize_batchnorm
 
 L = keras.layers
 
@@ -95,6 +97,14 @@ def einsum(equation, output_shape, bias_axes=None, activation=None, reshape=None
     return build
 
 
+def grouped_conv1d(groups, filters):
+    def build(inp):
+        x = L.Conv1D(filters, 3, groups=groups, use_bias=False, name="grouped")(
+            L.Dense(4, name="proj")(inp))
+        return head(L.ReLU()(L.BatchNormalization(name="bn")(x)))
+    return build
+
+
 IMAGE = (6, 6, 3)
 SEQUENCE = (6, 4)
 LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
@@ -122,6 +132,8 @@ CASES = {
     "einsum_merge_heads": (einsum("abde,dec->abc", (6, 5), "c", reshape=(6, 2, 2)), SEQUENCE,
                            {"CONV_2D": 1}),
     "einsum_ellipsis": (einsum("...b,bc->...c", 5), SEQUENCE, {"CONV_2D": 1}),
+    "conv1d_two_groups": (grouped_conv1d(2, 6), SEQUENCE, {"CONV_2D": 2}),
+    "conv1d_group_per_channel": (grouped_conv1d(4, 8), SEQUENCE, {"CONV_2D": 2}),
 }
 # QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
 # own scale, and MAXIMUM needs its inputs at its output's scale.
@@ -133,7 +145,7 @@ def float_model(name):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     inp = keras.Input(shape, name="x")
-    return randomize(keras.Model(inp, build(inp)))
+    return randomize_batchnorm(randomize(keras.Model(inp, build(inp))))
 
 
 def inputs(name, n=32, seed=1):
@@ -222,7 +234,8 @@ def test_group_norm_on_another_axis_is_refused_with_the_layer_name():
         tfqat.quantize_model(model)
 
 
-@pytest.mark.parametrize("name", ["group_norm", "unit_norm", "prelu_shared", "average"])
+@pytest.mark.parametrize("name", ["group_norm", "unit_norm", "prelu_shared", "average",
+                                  "conv1d_two_groups"])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
     model = float_model(name)
     x = inputs(name, 16)
@@ -285,3 +298,23 @@ def test_other_einsum_equations_are_refused_with_the_equation(equation, output_s
     x = L.EinsumDense(equation, output_shape, bias_axes=bias_axes, name="odd_einsum")(inp)
     with pytest.raises(ValueError, match=f"odd_einsum.*{equation}.*{message}"):
         tfqat.quantize_model(keras.Model(inp, head(x)))
+
+
+def test_grouped_conv1d_gradients_match_keras():
+    # Before quant_delay the weights are float: the QAT layer is Keras's grouped Conv1D, in
+    # value and in gradient (TF's CPU grouped Conv2D has no gradient of its own).
+    keras.utils.set_random_seed(0)
+    conv = L.Conv1D(6, 3, groups=2, padding="causal")
+    x = tf.random.normal([2, 8, 4])
+    conv(x)
+    qat = tfqat.QuantConv1D.from_float(conv, quant_delay=10**6, name="q")
+    qat(x)
+    qat.load_float_weights(conv)
+    grads = []
+    for layer in (conv, qat):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) ** 2)
+        grads.append(tape.gradient(loss, [x, layer.kernel]))
+    for ours, theirs in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-5)

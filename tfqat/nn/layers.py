@@ -472,14 +472,24 @@ class QuantConv1D(_QuantConvolution):
 
     _spatial = staticmethod(lambda value: _single(value)[0])
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, **kwargs):
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Conv1D `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   dilation_rate=layer.dilation_rate, groups=layer.groups, **settings)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, **kwargs):
         super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
         if self.padding not in ("valid", "same", "causal"):
             raise ValueError(f"Layer '{self.name}': padding {padding!r} is not one of "
                              "'valid', 'same', 'causal'.")
+        # groups > 1: a grouped CONV_2D (its filter has C / groups input channels), which the
+        # converter makes integer-only and LiteRT's int8 kernel runs (checked, TF 2.21).
+        self.groups = int(groups)
 
     def _kernel_shape(self, input_shape):
-        return (self.kernel_size, input_shape[-1], self.filters)
+        return (self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def _kernel_view(self, kernel):
         return tf.reshape(kernel, [1, *kernel.shape])
@@ -494,8 +504,41 @@ class QuantConv1D(_QuantConvolution):
 
     def _linear(self, x, kernel_view):
         padding = "VALID" if self.padding == "causal" else self.padding.upper()
-        return tf.nn.conv2d(x, kernel_view, strides=(1, self.strides), padding=padding,
-                            dilations=(1, self.dilation_rate))
+        conv = lambda inputs, kernel: tf.nn.conv2d(
+            inputs, kernel, strides=(1, self.strides), padding=padding,
+            dilations=(1, self.dilation_rate))
+        if self.groups == 1:
+            return conv(x, kernel_view)
+        return _grouped_conv(conv, self.groups, x, kernel_view)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
+
+
+def _grouped_conv(conv, groups, x, kernel):
+    """conv(x, kernel) for a grouped kernel: one grouped Conv2D op (one CONV_2D in the .tflite).
+
+    TF's CPU kernels have no gradient for a grouped Conv2D, so the gradient is taken
+    through the same convolution written group by group (split, conv, concat), which
+    computes the same values.
+    """
+
+    def by_group(inputs, weights):
+        parts = zip(tf.split(inputs, groups, axis=-1), tf.split(weights, groups, axis=-1))
+        return tf.concat([conv(part, w) for part, w in parts], axis=-1)
+
+    @tf.custom_gradient
+    def grouped(inputs, weights):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([inputs, weights])
+                outputs = by_group(inputs, weights)
+            return tape.gradient(outputs, [inputs, weights], output_gradients=upstream)
+        return conv(inputs, weights), grad
+
+    return grouped(x, kernel)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
