@@ -318,3 +318,68 @@ def test_grouped_conv1d_gradients_match_keras():
         grads.append(tape.gradient(loss, [x, layer.kernel]))
     for ours, theirs in zip(grads[1], grads[0]):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def masked_attention_model(causal):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SEQUENCE, name="x")
+    mask = keras.Input((6, 6), name="mask")
+    x = L.Dense(8, name="proj")(inp)
+    x = L.MultiHeadAttention(2, 4, name="mha")(x, x, attention_mask=mask, use_causal_mask=causal)
+    return keras.Model([inp, mask], head(x))
+
+
+def attention_inputs(n, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, *SEQUENCE)).astype("float32")
+    mask = (rng.uniform(size=(n, 6, 6)) > 0.4).astype("float32")
+    mask[:, :, 0] = 1.0  # every query attends to something
+    return x, mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_mask_input_is_int8_and_matches_op_by_op(tmp_path, causal):
+    qat = tfqat.quantize_model(masked_attention_model(causal))
+    x, mask = attention_inputs(48)
+    y = np.random.default_rng(2).integers(0, 5, len(x))
+    qat.compile(keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit([x, mask], y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(loaded.predict([x, mask], verbose=0),
+                                  qat.predict([x, mask], verbose=0))
+    flatbuffer = tfqat.export_tflite(loaded)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8", "int8"]
+    assert report.op_histogram["SOFTMAX"] == 1 and report.op_histogram.get("QUANTIZE", 0) == 0, \
+        dict(report.op_histogram)
+    op_by_op = op_fidelity(loaded, flatbuffer, [x[:8], mask[:8]])
+    assert op_by_op.unmatched == (), str(op_by_op)
+    inner = {q.name for q in loaded.get_layer("mha").inner_quantizers}
+    assert {"mha_mask_offset_fq", "mha_mask_penalty_fq"} <= inner <= \
+        {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+def test_masked_keys_have_no_weight_in_the_tflite():
+    # Keys 3.. are masked for every query: changing the inputs there must not change the
+    # int8 outputs of queries 0..2.
+    keras.utils.set_random_seed(0)
+    inp, mask_in = keras.Input(SEQUENCE, name="x"), keras.Input((6, 6), name="mask")
+    x = L.Dense(8, name="proj")(inp)
+    out = L.MultiHeadAttention(2, 4, name="mha")(x, x, attention_mask=mask_in)
+    qat = tfqat.quantize_model(keras.Model([inp, mask_in], out))
+    x, mask = attention_inputs(32)
+    mask[:, :, 3:] = 0.0
+    tfqat.calibrate(qat, [x, mask])
+    flatbuffer = tfqat.export_tflite(qat)
+    changed = x.copy()
+    changed[:, 3:] = np.random.default_rng(5).normal(0, 3, changed[:, 3:].shape)
+    from tfqat.diagnostics.evaluation import run_tflite
+    first, second = (run_tflite(flatbuffer, {"x": v, "mask": mask}).raw for v in (x, changed))
+    np.testing.assert_array_equal(first[:, :3], second[:, :3])
+    assert np.abs(first[:, 3:].astype(int) - second[:, 3:]).max() > 0

@@ -380,9 +380,10 @@ class _Rebuilder:
     def _quantized_value(self, tid, config_name):
         """The fake-quantized value of tensor `tid`, adding one fake quant if needed.
 
-        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32.
+        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32. So do
+        bool tensors (a layer that cannot take one says so).
         """
-        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64"):
+        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64", "bool"):
             return self.values[tid]
         if tid not in self.quantized:
             quantizer = self._add_quantizer(tid, self.config.for_layer(config_name),
