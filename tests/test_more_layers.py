@@ -170,7 +170,18 @@ def check_export(qat, x, name):
     return report
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# The fast suite runs these; the other variants run in the slow suite (each ~5 s of CPU).
+FAST_CASES = ("prelu_shared", "maximum", "nested_max_min", "maximum_of_a_branching_tensor",
+              "average", "group_norm", "unit_norm", "random_crop", "einsum_heads",
+              "conv1d_two_groups")
+
+
+def fast_or_slow(names):
+    return [name if name in FAST_CASES else pytest.param(name, marks=pytest.mark.slow)
+            for name in names]
+
+
+@pytest.mark.parametrize("name", fast_or_slow(sorted(CASES)))
 def test_layer_fits_saves_loads_and_exports_integer_only(tmp_path, name):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 48)
@@ -338,7 +349,7 @@ def attention_inputs(n, seed=1):
     return x, mask
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_attention_mask_input_is_int8_and_matches_op_by_op(tmp_path, causal):
     qat = tfqat.quantize_model(masked_attention_model(causal))
     x, mask = attention_inputs(48)
