@@ -31,7 +31,10 @@ FUSABLE = (None, "relu", "relu6")
 # One input, any shape; the spatial ops check the size themselves.
 UNARY = ("conv", "dwconv", "sepconv", "tconv", "bn", "act", "maxpool", "avgpool", "gap",
          "upsample", "zeropad", "dropout", "se", "dead", "nested", "sequential")
-BINARY = ("add", "subtract", "multiply", "concat")
+BINARY = ("add", "subtract", "multiply", "concat", "maximum", "minimum")
+# Drawn in place of the key kind (a second draw): new kinds in their own draw keep
+# the cases drawn before they were added (the fast profile's graphs) mostly as they were.
+VARIANTS = {"act": ("act", "prelu"), "multiply": ("multiply", "maximum", "minimum")}
 MAX_SPATIAL = 16
 
 
@@ -89,7 +92,7 @@ def _out_shape(kind, params, shapes):
         return None if h + 2 > MAX_SPATIAL else (h + 2, w + 2, c)
     if kind in ("nested", "sequential"):
         return (h, w, p["filters"])
-    if kind in ("add", "subtract", "multiply"):
+    if kind in ("add", "subtract", "multiply", "maximum", "minimum"):
         return shapes[0] if all(s == shapes[0] for s in shapes) else None
     if kind == "concat":
         if any(s[:2] != shapes[0][:2] for s in shapes):
@@ -129,8 +132,10 @@ def _op_params(draw, kind, shape):
         p["interpolation"] = draw(st.sampled_from(("nearest", "bilinear")))
     if kind == "bn":
         p["relu_after"] = draw(st.sampled_from(FUSABLE))
-    if kind in ("add", "subtract", "multiply", "concat"):
+    if kind in ("add", "subtract", "multiply", "concat", "maximum", "minimum"):
         p["relu_after"] = draw(st.sampled_from(FUSABLE))
+    if kind == "prelu":
+        p["shared_axes"] = draw(st.sampled_from((None, (1, 2))))
     if kind == "se":
         p["squeeze"] = draw(st.sampled_from((2, 4)))
     return tuple(sorted(p.items()))
@@ -144,7 +149,9 @@ def cases(draw, max_ops=10):
     ops = []
     num_ops = draw(st.integers(1, max_ops))
     for _ in range(num_ops):
-        kind = draw(st.sampled_from(UNARY + BINARY))
+        kind = draw(st.sampled_from(UNARY + BINARY[:4]))
+        if kind in VARIANTS:
+            kind = draw(st.sampled_from(VARIANTS[kind]))
         # Recent tensors are likelier inputs; index len(shapes) - 1 - back.
         back = draw(st.integers(0, len(shapes) - 1))
         first = len(shapes) - 1 - back
@@ -241,6 +248,9 @@ def _unary_layers(op, index, shape):
         return [L.ZeroPadding2D(1, name=name)]
     elif op.kind == "dropout":
         return [L.Dropout(0.25, name=name)]
+    elif op.kind == "prelu":
+        axes = p["shared_axes"]
+        return [L.PReLU(shared_axes=None if axes is None else list(axes), name=name)]
     elif op.kind == "dead":
         # A ReLU conv whose output is all zero: zero kernel, negative bias (set in build_model).
         layers = [L.Conv2D(p["filters"], 1, activation="relu", name=f"dead{index}")]
@@ -275,7 +285,8 @@ def _squeeze_excite(x, op, index):
 def _merge(op, index, tensors):
     name = f"{op.kind}{index}"
     layer = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply,
-             "concat": L.Concatenate}[op.kind](name=name)
+             "concat": L.Concatenate, "maximum": L.Maximum,
+             "minimum": L.Minimum}[op.kind](name=name)
     out = layer(tensors)
     relu = op.param("relu_after")
     return _relu(relu, f"{name}_relu")(out) if relu else out
@@ -342,6 +353,8 @@ def _set_weights(model, rng):
             layer.beta.assign(rng.normal(0, 0.3, c).astype("float32"))
             layer.moving_mean.assign(rng.normal(0, 0.3, c).astype("float32"))
             layer.moving_variance.assign(rng.uniform(0.5, 2, c).astype("float32"))
+        elif isinstance(layer, L.PReLU):  # Keras starts alpha at 0
+            layer.alpha.assign(rng.uniform(-0.3, 0.5, layer.alpha.shape).astype("float32"))
         elif layer.name.startswith("dead"):
             layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
             layer.bias.assign(np.full(layer.bias.shape, -1.0, "float32"))

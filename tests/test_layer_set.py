@@ -138,7 +138,7 @@ def same_scale_into_concat(same_scale):
 
 
 def average_as_add_and_rescaling(inp):
-    # What the error for Average suggests instead: Add, then Rescaling(1 / n).
+    # A hand-written average: Add, then Rescaling(1 / n).
     a = L.Conv2D(4, 1, activation="relu", name="a")(inp)
     b = L.Conv2D(4, 1, name="b")(inp)
     return head(L.Rescaling(0.5, name="half")(L.Add(name="sum")([a, b])))

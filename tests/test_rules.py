@@ -43,10 +43,12 @@ def test_activation_kind(layer, kind):
 def test_rule_table_order_and_names():
     assert [r.name for r in rules.RULES] == [
         "linear_bn_relu", "separable_bn_relu", "batchnorm_relu", "channel_affine", "concatenate", "merge_relu",
-        "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
+        "max_min", "average",
+        "global_average_pool", "relu", "single_op_activation", "decomposed_activation", "prelu",
         "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op", "layer_normalization",
-        "multi_head_attention", "embedding", "position_embedding", "recurrent",
-        "time_distributed_linear", "inference_identity",
+        "group_normalization", "unit_normalization",
+        "multi_head_attention", "einsum_dense_relu", "embedding", "position_embedding",
+        "recurrent", "time_distributed_linear", "inference_identity", "random_crop",
         "layer_scale"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]

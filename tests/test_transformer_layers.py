@@ -242,9 +242,10 @@ def test_unsupported_attention_settings_are_refused_with_the_layer_name(kwargs, 
         tfqat.quantize_model(keras.Model(inp, head(out)))
 
 
-def test_attention_mask_input_is_refused_with_the_layer_name():
+def test_bool_attention_mask_input_is_refused_with_the_layer_name():
+    # A float 0/1 mask is quantized (tests/test_more_layers.py); a bool one needs a float CAST.
     inp = keras.Input((6, 8), name="x")
-    mask = keras.Input((6, 6), name="mask")
+    mask = keras.Input((6, 6), name="mask", dtype="bool")
     out = L.MultiHeadAttention(2, 4, name="masked_mha")(inp, inp, attention_mask=mask)
     with pytest.raises(ValueError, match="masked_mha.*attention_mask"):
         tfqat.quantize_model(keras.Model([inp, mask], head(out)))

@@ -94,7 +94,8 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     inputs = x if isinstance(x, list) else [x]
     count = len(inputs[0])
     calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
-    tensors = _TFLiteTensors(tflite, inputs, calls)
+    names = [graph.producer_of(t).name for t in qat_model.inputs]
+    tensors = _TFLiteTensors(tflite, dict(zip(names, inputs)), calls)
     quantizer_calls = []  # (name, quantizer, call input, call output)
     unmatched_inner = []
     for entry in record_of(qat_model).quantizers:
@@ -243,11 +244,15 @@ def _tflite_quantization(lo, hi, bits):
 
 
 class _TFLiteTensors:
-    """The .tflite run once on `inputs` (one array per input), every intermediate tensor kept."""
+    """The .tflite run once on `inputs` ({Keras input name: array}), every intermediate tensor
+    kept."""
 
     def __init__(self, tflite, inputs, calls):
         model = read_tflite(tflite)
         self.interpreter = model.interpreter(preserve_all_tensors=True)
+        # The .tflite lists its inputs by name, sorted, not in Keras's order.
+        inputs = ([inputs[name] for name in model.input_names] if set(inputs) == set(model.input_names)
+                  else list(inputs.values()))
         for array, tensor in zip(inputs, model.inputs):
             self.interpreter.resize_tensor_input(tensor.index, array.shape)
         self.interpreter.allocate_tensors()

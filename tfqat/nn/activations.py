@@ -98,3 +98,78 @@ class QuantActivation(keras.layers.Layer):
         config = super().get_config()
         config.update(kind=self.kind, bits=self.bits, quant_delay=self.quant_delay)
         return config
+
+
+def round_to_int8_weight(values):
+    """`values` rounded to the per-tensor symmetric 8-bit grid max|v| / 127, with plain ops.
+
+    Rounds half up, as TF's fake quant does. Used where the converter quantizes a float
+    constant itself and leaves the op float when the constant carries a fake quant (PRELU's
+    alpha): values already on the grid are quantized exactly as they are.
+    """
+    scale = tf.maximum(tf.reduce_max(tf.abs(values)), 1e-8) / 127.0
+    return tf.floor(values / scale + 0.5) * scale
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantPReLU(keras.layers.Layer):
+    """PReLU (x for x >= 0, alpha * x below) with alpha quantized as TFLite's int8 PRELU holds it.
+
+    Checked with TF 2.21's converter: Keras's form relu(x) - alpha * relu(-x) becomes one
+    PRELU, integer-only when alpha is a float constant; the converter quantizes alpha per
+    tensor, symmetric (scale max|alpha| / 127, zero point 0), whatever its shape (shared
+    axes or not). A FakeQuant on alpha (per tensor or per channel) leaves PRELU in float. So
+    alpha is rounded to that grid with plain ops, which the converter folds into a constant
+    already on its grid, and in training with a straight-through gradient. Always 8 bits:
+    the converter picks alpha's bits. The output's fake quant is the rule's.
+
+    Example:
+      >>> prelu = QuantPReLU(shared_axes=[1, 2])
+      >>> prelu(tf.constant([[[[-2.0, 3.0]]]])).shape
+      TensorShape([1, 1, 1, 2])
+    """
+
+    def __init__(self, shared_axes=None, quant_delay=0, alpha_regularizer=None,
+                 alpha_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
+        self.alpha_constraint = keras.constraints.get(alpha_constraint)
+        if shared_axes is not None and not isinstance(shared_axes, (list, tuple)):
+            shared_axes = [shared_axes]
+        self.shared_axes = None if shared_axes is None else [int(a) for a in shared_axes]
+        self.quant_delay = int(quant_delay)
+
+    def build(self, input_shape):
+        shape = list(input_shape[1:])
+        for axis in self.shared_axes or ():
+            shape[axis - 1] = 1
+        self.alpha = self.add_weight(name="alpha", shape=tuple(shape), initializer="zeros",
+                                     regularizer=self.alpha_regularizer,
+                                     constraint=self.alpha_constraint)
+        self.step = add_step_counter(self)
+
+    def quantized_alpha(self, training=False):
+        alpha = tf.convert_to_tensor(self.alpha)
+        rounded = lambda: alpha + tf.stop_gradient(round_to_int8_weight(alpha) - alpha)
+        if not training or not self.quant_delay:
+            return rounded()
+        return tf.cond(self.step.value < self.quant_delay, lambda: tf.identity(alpha), rounded)
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        alpha = self.quantized_alpha(training)
+        # The pattern the converter turns into PRELU: relu(x) + (-alpha) * relu(-x).
+        outputs = tf.nn.relu(inputs) + (-alpha) * tf.nn.relu(-inputs)
+        if training:
+            self.step.assign_add(1)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(shared_axes=self.shared_axes, quant_delay=self.quant_delay,
+                      alpha_regularizer=keras.regularizers.serialize(self.alpha_regularizer),
+                      alpha_constraint=keras.constraints.serialize(self.alpha_constraint))
+        return config

@@ -10,6 +10,9 @@ SOFTMAX. Keras scales the projected query by 1/sqrt(key_dim); here that factor
 is folded into the query kernel and bias (exact in float, and per-tensor
 symmetric quantization scales with it), which saves a MUL and a rounding.
 
+An attention_mask tensor (float, 1 = attend, 0 = not; (batch, T, S)) becomes the same
+penalty computed in int8: (mask - 1) * span, with a fake quant on each step.
+
 A causal mask is an additive constant: 0 where attention is allowed and
 -(span + MASK_MARGIN) where not, span being the scores' int8 range
 (range_max - range_min, read from the scores quantizer: a constant in the
@@ -31,7 +34,10 @@ import tensorflow as tf
 from tfqat.nn.composite import CompositeQuantLayer
 from tfqat.nn.quantizers import FIXED_RANGES, fake_quant_weights, pass_through_during_delay
 
-MASK_MARGIN = 10.0  # exp(-10) < 1 / 2**15: far below int8 SOFTMAX's last level, 1/256
+# exp(-MASK_MARGIN) must vanish in LiteRT's int8 SOFTMAX, masked scores included in its sum:
+# measured, a margin of 10 let keys masked out change 4% of the outputs by up to 3 LSB (through
+# the normaliser); 16 changes none.
+MASK_MARGIN = 16.0
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -39,7 +45,8 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
     """Multi-head dot-product attention with a fake quant on each int8 tensor.
 
     Called like keras.layers.MultiHeadAttention: `layer(query, value, key=None,
-    use_causal_mask=False)`, inputs (batch, length, features). The output's
+    attention_mask=None, use_causal_mask=False)`, inputs (batch, length, features), the
+    mask a float tensor of 0s and 1s. The output's
     fake quant is the rewrite rule's.
 
     Args:
@@ -65,7 +72,8 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
         self.output_dim = None if output_dim is None else int(output_dim)
         self.dropout = float(dropout)
         self.weight_bits = int(weight_bits)
-        for tag in ("query", "key", "value", "scores", "masked"):
+        for tag in ("query", "key", "value", "scores", "mask_causal", "mask_offset",
+                    "mask_penalty", "masked"):
             self._add_inner_quantizer(tag)
         self._add_inner_quantizer("probs", fixed_range=FIXED_RANGES["softmax"])
         self._add_inner_quantizer("context")
@@ -106,13 +114,18 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
 
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
              training=None, use_causal_mask=False):
-        if attention_mask is not None or return_attention_scores:
-            what = "attention_mask" if attention_mask is not None else "return_attention_scores"
+        if return_attention_scores:
             raise ValueError(
-                f"MultiHeadAttention '{self.name}' is called with {what}; tfqat quantizes "
-                "attention with use_causal_mask=True or no mask, returning the output only. "
-                f"Use use_causal_mask, or leave the layer in float with "
-                f"QuantConfig(exclude=('{self.name}',)).")
+                f"MultiHeadAttention '{self.name}' is called with return_attention_scores; "
+                "tfqat quantizes attention returning the output only. Leave the layer in "
+                f"float with QuantConfig(exclude=('{self.name}',)).")
+        if attention_mask is not None and not attention_mask.dtype.is_floating:
+            raise ValueError(
+                f"MultiHeadAttention '{self.name}' is called with an attention_mask of dtype "
+                f"{attention_mask.dtype.name}; tfqat quantizes a float mask of 0s and 1s (an "
+                "int8 tensor in the .tflite): a bool or integer mask needs a CAST to float, "
+                "which TFLite runs in float. Pass the mask as a float32 input (1.0 = attend), "
+                f"or leave the layer in float with QuantConfig(exclude=('{self.name}',)).")
         training = bool(training)
         key = value if key is None else key
         inner = lambda tag, compute, **kw: self._inner(tag, compute, training, **kw)
@@ -124,12 +137,22 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
         k = self._split_heads(k, self.key_dim)
         v = self._split_heads(v, self.value_dim)
         scores = inner("scores", lambda: tf.matmul(q, k, transpose_b=True))
-        if use_causal_mask:
-            steps_q, steps_k = query.shape[1], key.shape[1]
-            allowed = np.tril(np.ones((steps_q, steps_k), bool))  # as Keras: key j <= query i
-            scores_fq = self._scores_fq
-            span = tf.stop_gradient(scores_fq.range_max - scores_fq.range_min) + MASK_MARGIN
-            penalty = tf.constant(np.where(allowed, 0.0, -1.0).astype("float32")) * span
+        steps_q, steps_k = query.shape[1], key.shape[1]
+        causal = np.tril(np.ones((steps_q, steps_k), "float32"))  # as Keras: key j <= query i
+        scores_fq = self._scores_fq
+        span = tf.stop_gradient(scores_fq.range_max - scores_fq.range_min) + MASK_MARGIN
+        if attention_mask is not None:
+            # (mask - 1) * span: 0 where attended, -span where not; every tensor int8 (MUL,
+            # SUB, MUL, then ADD to the scores), each exact at its tracked range's ends.
+            mask = attention_mask
+            if use_causal_mask:
+                mask = inner("mask_causal", lambda: mask * tf.constant(causal))
+            offset = inner("mask_offset", lambda: mask - 1.0)
+            penalty = inner("mask_penalty", lambda: offset * span)
+            penalty = tf.expand_dims(penalty, 1)  # (B, T, S) -> (B, 1, T, S): over the heads
+            scores = inner("masked", lambda: scores + penalty)
+        elif use_causal_mask:
+            penalty = tf.constant(causal - 1.0) * span
             scores = inner("masked", lambda: scores + penalty)
         probs = inner("probs", lambda: tf.nn.softmax(scores, axis=-1))
         if training and self.dropout:

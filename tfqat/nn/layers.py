@@ -492,14 +492,24 @@ class QuantConv1D(_QuantConvolution):
 
     _spatial = staticmethod(lambda value: _single(value)[0])
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, **kwargs):
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Conv1D `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   dilation_rate=layer.dilation_rate, groups=layer.groups, **settings)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, **kwargs):
         super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
         if self.padding not in ("valid", "same", "causal"):
             raise ValueError(f"Layer '{self.name}': padding {padding!r} is not one of "
                              "'valid', 'same', 'causal'.")
+        # groups > 1: a grouped CONV_2D (its filter has C / groups input channels), which the
+        # converter makes integer-only and LiteRT's int8 kernel runs (checked, TF 2.21).
+        self.groups = int(groups)
 
     def _kernel_shape(self, input_shape):
-        return (self.kernel_size, input_shape[-1], self.filters)
+        return (self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def _kernel_view(self, kernel):
         return tf.reshape(kernel, [1, *kernel.shape])
@@ -514,8 +524,41 @@ class QuantConv1D(_QuantConvolution):
 
     def _linear(self, x, kernel_view):
         padding = "VALID" if self.padding == "causal" else self.padding.upper()
-        return tf.nn.conv2d(x, kernel_view, strides=(1, self.strides), padding=padding,
-                            dilations=(1, self.dilation_rate))
+        conv = lambda inputs, kernel: tf.nn.conv2d(
+            inputs, kernel, strides=(1, self.strides), padding=padding,
+            dilations=(1, self.dilation_rate))
+        if self.groups == 1:
+            return conv(x, kernel_view)
+        return _grouped_conv(conv, self.groups, x, kernel_view)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
+
+
+def _grouped_conv(conv, groups, x, kernel):
+    """conv(x, kernel) for a grouped kernel: one grouped Conv2D op (one CONV_2D in the .tflite).
+
+    TF's CPU kernels have no gradient for a grouped Conv2D, so the gradient is taken
+    through the same convolution written group by group (split, conv, concat), which
+    computes the same values.
+    """
+
+    def by_group(inputs, weights):
+        parts = zip(tf.split(inputs, groups, axis=-1), tf.split(weights, groups, axis=-1))
+        return tf.concat([conv(part, w) for part, w in parts], axis=-1)
+
+    @tf.custom_gradient
+    def grouped(inputs, weights):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([inputs, weights])
+                outputs = by_group(inputs, weights)
+            return tape.gradient(outputs, [inputs, weights], output_gradients=upstream)
+        return conv(inputs, weights), grad
+
+    return grouped(x, kernel)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -719,4 +762,94 @@ class NearestUpSampling2D(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(size=self.size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class CenterCropAtInference(keras.layers.Layer):
+    """keras.layers.RandomCrop in training, a center crop (an int8 slice) at inference.
+
+    Keras 3's RandomCrop crops an input larger than its target at a random offset in
+    training (one offset per batch), a centered one when only one side is larger; at
+    inference it returns its input uncropped, although it declares the cropped shape,
+    so any size-dependent layer after it fails. This layer crops the center at inference
+    (the declared shape; what Keras 2 did), which TFLite runs as one int8 STRIDED_SLICE
+    that keeps its input's scale. An input smaller than the target (Keras resizes it) is
+    refused: the resize has no fixed place in the inference graph.
+
+    Example:
+      >>> crop = CenterCropAtInference(4, 4, seed=1)
+      >>> crop(tf.reshape(tf.range(36.0), [1, 6, 6, 1]))[0, :, :, 0].numpy()[0]
+      array([ 7.,  8.,  9., 10.], dtype=float32)
+    """
+
+    def __init__(self, height, width, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None or \
+                input_shape[1] < self.height or input_shape[2] < self.width:
+            raise ValueError(
+                f"RandomCrop '{self.name}' crops to {self.height}x{self.width}, and its input "
+                f"has shape {tuple(input_shape)}; tfqat quantizes a RandomCrop of a batched "
+                "channels-last image with a static size at least the target (a crop, an int8 "
+                "slice). A smaller input is resized by Keras, and at inference Keras 3 does "
+                "not crop at all. Leave it in float with QuantConfig(exclude=(...)), or crop "
+                "or resize with Cropping2D/Resizing.")
+
+    def call(self, inputs, training=None):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height == self.height and width == self.width:
+            return inputs
+        if training and height > self.height and width > self.width:
+            top = keras.random.randint((), 0, height - self.height + 1, seed=self._seed_generator)
+            left = keras.random.randint((), 0, width - self.width + 1, seed=self._seed_generator)
+            cropped = tf.slice(inputs, tf.stack([0, top, left, 0]),
+                               [-1, self.height, self.width, -1])
+            return tf.ensure_shape(cropped, [None, self.height, self.width, inputs.shape[3]])
+        top, left = (height - self.height) // 2, (width - self.width) // 2
+        return inputs[:, top:top + self.height, left:left + self.width, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(height=self.height, width=self.width, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class ReshapeTrailingAxes(keras.layers.Layer):
+    """Reshapes the last `num_axes` axes of its input to `dims`, the leading ones kept.
+
+    A RESHAPE keeps the int8 scale. With static leading dimensions the target shape is
+    static, so the .tflite has no SHAPE ops. (EinsumDense runs as Dense between two.)
+
+    Example:
+      >>> ReshapeTrailingAxes(2, (12,))(tf.zeros([2, 5, 3, 4])).shape
+      TensorShape([2, 5, 12])
+    """
+
+    def __init__(self, num_axes, dims, **kwargs):
+        super().__init__(**kwargs)
+        self.num_axes = int(num_axes)
+        self.dims = tuple(int(d) for d in dims)
+
+    def call(self, inputs):
+        leading = list(inputs.shape[1:-self.num_axes])
+        if any(d is None for d in leading):
+            shape = tf.shape(inputs)[:-self.num_axes]
+            return tf.reshape(inputs, tf.concat([shape, self.dims], 0))
+        return tf.reshape(inputs, [-1, *leading, *self.dims])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-self.num_axes], *self.dims)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_axes=self.num_axes, dims=list(self.dims))
         return config

@@ -82,8 +82,14 @@ class QuantLayerNormalization(CompositeQuantLayer):
     def build(self, input_shape):
         rank = len(input_shape)
         self.axis = sorted(a % rank for a in self.axis)
-        shape = tuple(input_shape[a] for a in self.axis)
-        self._broadcast = [input_shape[a] if a in self.axis else 1 for a in range(1, rank)]
+        self._reduce_axes = self.axis
+        self._build_weights(input_shape, self.axis)
+
+    def _build_weights(self, input_shape, axes):
+        """gamma, beta (over `axes` of the input), the step counter and the inner quantizers."""
+        rank = len(input_shape)
+        shape = tuple(input_shape[a] for a in axes)
+        self._broadcast = [input_shape[a] if a in axes else 1 for a in range(1, rank)]
         self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones") \
             if self.scale else None
         self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros") \
@@ -101,7 +107,7 @@ class QuantLayerNormalization(CompositeQuantLayer):
 
     def call(self, inputs, training=None):
         training = bool(training)
-        x, axes = inputs, self.axis
+        x, axes = self._to_groups(inputs), self._reduce_axes
         inner = lambda tag, compute: self._inner(tag, compute, training)
         if self.rms_normalization:
             centered = x
@@ -114,7 +120,7 @@ class QuantLayerNormalization(CompositeQuantLayer):
         rsqrt = inner("rsqrt", lambda: _rsqrt_saturating(shifted) if training
                       else tf.math.rsqrt(shifted))
         scaled_input = x if self.rms_scaling or self.rms_normalization else centered
-        product = lambda: scaled_input * rsqrt
+        product = lambda: self._from_groups(scaled_input * rsqrt)
         if self.scale:
             gamma = self._weight(self.gamma, training)
             normalized = inner("normalized", product)
@@ -127,6 +133,12 @@ class QuantLayerNormalization(CompositeQuantLayer):
         if training:
             self.step.assign_add(1)
         return outputs
+
+    def _to_groups(self, x):
+        return x  # GroupNormalization normalizes a reshaped view
+
+    def _from_groups(self, x):
+        return x
 
     def load_float_weights(self, layer):
         """Copies gamma and beta from a built LayerNormalization (scale of an RMSNormalization)."""
@@ -143,4 +155,95 @@ class QuantLayerNormalization(CompositeQuantLayer):
         config.update(axis=list(self.axis), epsilon=self.epsilon, center=self.center,
                       scale=self.scale, rms_scaling=self.rms_scaling,
                       rms_normalization=self.rms_normalization, weight_bits=self.weight_bits)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantGroupNormalization(QuantLayerNormalization):
+    """GroupNormalization (channels last) as QuantLayerNormalization's int8 chain on groups.
+
+    The input (batch, ..., C) is viewed as (batch, ..., groups, C / groups) (a RESHAPE,
+    which keeps the int8 scale); the MEAN/SUB/MUL/MEAN/ADD/RSQRT/MUL chain normalizes
+    over every axis but the batch and the group axis; the result is reshaped back and
+    multiplied by gamma, plus beta, per channel (constant operands, per tensor,
+    symmetric). Static shapes only, so the .tflite has no SHAPE ops.
+
+    Example:
+      >>> gn = QuantGroupNormalization(groups=2, name="gn")
+      >>> gn(tf.random.normal([2, 4, 4, 6]), training=True).shape
+      TensorShape([2, 4, 4, 6])
+    """
+
+    def __init__(self, groups=32, **kwargs):
+        kwargs.pop("rms_scaling", None)
+        kwargs.pop("rms_normalization", None)
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        self.axis = [rank - 1]
+        channels = input_shape[-1]
+        if any(d is None for d in input_shape[1:]):
+            raise ValueError(f"QuantGroupNormalization '{self.name}' needs static input "
+                             f"dimensions, got {tuple(input_shape)}.")
+        groups = channels if self.groups == -1 else self.groups
+        self._group_shape = [-1, *input_shape[1:-1], groups, channels // groups]
+        self._out_shape = [-1, *input_shape[1:]]
+        # the grouped view has rank + 1 axes; the group axis is rank - 1
+        self._reduce_axes = [a for a in range(1, rank + 1) if a != rank - 1]
+        self._build_weights(input_shape, self.axis)
+
+    def _to_groups(self, x):
+        return tf.reshape(x, self._group_shape)
+
+    def _from_groups(self, x):
+        return tf.reshape(x, self._out_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        for key in ("rms_scaling", "rms_normalization"):
+            config.pop(key)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantUnitNormalization(CompositeQuantLayer):
+    """UnitNormalization, x * rsqrt(sum(x * x)) over `axis`, as int8 MUL, SUM, RSQRT, MUL.
+
+    Keras caps rsqrt at 1e12 (an all-zero row stays 0); TFLite's int8 RSQRT saturates
+    at its range's top instead, and a zero row times anything is 0 either way. The
+    output's fake quant is the rule's.
+
+    Example:
+      >>> un = QuantUnitNormalization(axis=-1, name="un")
+      >>> [q.name for q in un.inner_quantizers]
+      ['un_squared_fq', 'un_sum_squares_fq', 'un_rsqrt_fq']
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = list(axis) if isinstance(axis, (list, tuple)) else [int(axis)]
+        self._add_inner_quantizer("squared")
+        self._add_inner_quantizer("sum_squares")
+        self._add_inner_quantizer("rsqrt", cls=FiniteRangeQuantizer)
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        self.axis = sorted(a % rank for a in self.axis)
+        self._build_inner_quantizers()
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        inner = lambda tag, compute: self._inner(tag, compute, training)
+        squared = inner("squared", lambda: inputs * inputs)
+        total = inner("sum_squares", lambda: tf.reduce_sum(squared, self.axis, keepdims=True))
+        rsqrt = inner("rsqrt", lambda: _rsqrt_saturating(total) if training
+                      else tf.math.rsqrt(total))
+        return inputs * rsqrt
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=list(self.axis))
         return config

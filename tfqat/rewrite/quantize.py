@@ -110,13 +110,25 @@ class _Rebuilder:
         # root's output, which holds every member's values. Tensors at another scale (the
         # output of a pool that keeps its input's scale, a fixed range, another group's)
         # keep it and are requantized.
+        # int8 MAXIMUM and MINIMUM need their inputs and output at one scale too; they join
+        # the same groups, but claim only inputs that they alone read (not a concatenation's
+        # output): a member is clipped to the group's range, which holds the max (min) of the
+        # members, not each member's values. Rounding and clipping are monotone, so they
+        # commute with max and min: the result is the same as rounding the output.
         self.concat_claim = {}  # tensor id -> index of the Concatenate whose scale it takes
         self.concat_output = {}  # output tensor id of a Concatenate -> its node index
         for index, node in enumerate(graph.nodes):
-            if type(node.layer) is keras.layers.Concatenate and not config.is_excluded(node.layer):
+            if config.is_excluded(node.layer):
+                continue
+            if type(node.layer) is keras.layers.Concatenate:
                 self.concat_output[node.outputs[0]] = index
                 for tid in node.inputs:
                     self.concat_claim.setdefault(tid, index)
+            elif rules_lib.merges.is_max_min(node.layer):
+                self.concat_output[node.outputs[0]] = index
+                for tid in node.inputs:
+                    if self.consumer_count.get(tid) == 1 and not self._made_by_concatenate(tid):
+                        self.concat_claim.setdefault(tid, index)
         self.group_quantizers = {}  # index of a root Concatenate -> its ActivationQuantizer
 
     def build(self, name):
@@ -248,7 +260,10 @@ class _Rebuilder:
                                         name=replacement.layers[-1].name)
         root = self._concat_root(out) if output.fixed_range is None else None
         if root is not None and out not in self.graph.nodes[root].outputs:
-            return record_lib.CONCAT, quantizer  # rounded to the concatenation's scale
+            # rounded to the scale of the concatenation (or Maximum/Minimum) that reads it
+            reader = self.graph.nodes[self.concat_claim[out]].layer
+            policy = record_lib.MAX_MIN if rules_lib.merges.is_max_min(reader) else record_lib.CONCAT
+            return policy, quantizer
         return (record_lib.OWN if output.fixed_range is None else record_lib.FIXED), quantizer
 
     def _tied(self, quantizer, value):
@@ -315,6 +330,10 @@ class _Rebuilder:
             index = parent
         return index
 
+    def _made_by_concatenate(self, tid):
+        producer = self.graph.producer(tid)
+        return producer is not None and type(producer.layer) is keras.layers.Concatenate
+
     def _made_by_excluded(self, tid):
         return any(tid in node.outputs and self.config.is_excluded(node.layer)
                    for node in self.graph.nodes)
@@ -361,9 +380,10 @@ class _Rebuilder:
     def _quantized_value(self, tid, config_name):
         """The fake-quantized value of tensor `tid`, adding one fake quant if needed.
 
-        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32.
+        int32/int64 tensors (token ids) stay as they are: the .tflite keeps them int32. So do
+        bool tensors (a layer that cannot take one says so).
         """
-        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64"):
+        if tid not in self.quantized and str(self.values[tid].dtype) in ("int32", "int64", "bool"):
             return self.values[tid]
         if tid not in self.quantized:
             quantizer = self._add_quantizer(tid, self.config.for_layer(config_name),
@@ -412,10 +432,7 @@ _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.
-_REPLACEMENT_HINTS = {
-    keras.layers.Average: "TFLite runs Average as ADD then MUL, and the sum between them has "
-                          "no int8 scale; Add followed by Rescaling(1 / n) is integer-only. ",
-}
+_REPLACEMENT_HINTS = {}
 
 
 def _unsupported_message(node) -> str:

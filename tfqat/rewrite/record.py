@@ -22,8 +22,9 @@ FIXED = "fixed"        # its own quantizer with the range TFLite's kernel fixes
 TIED = "tied"          # the input's quantizer, applied again (ops that round to the input scale)
 SHARED = "shared"      # the same int8 tensor as its input: the op keeps the input's scale
 CONCAT = "concat"      # set by the concatenation that alone reads it
+MAX_MIN = "max_min"    # set by the Maximum/Minimum that alone reads it (one scale for all)
 FLOAT = "float"        # excluded: the group stays float
-SCALE_POLICIES = (OWN, FIXED, TIED, SHARED, CONCAT, FLOAT)
+SCALE_POLICIES = (OWN, FIXED, TIED, SHARED, CONCAT, MAX_MIN, FLOAT)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ The rule types live in `base`; the rules themselves are grouped by family:
 
 from __future__ import annotations
 
-from tfqat.rewrite.rules import (activations, applications, attention, embedding,
+from tfqat.rewrite.rules import (activations, applications, attention, einsum, embedding,
                                  inference_only, linear, merges, normalization, pooling,
                                  preprocessing, recurrent)
 from tfqat.rewrite.rules.activations import (activation_kind, build_decomposed_activation,
@@ -31,11 +31,11 @@ from tfqat.rewrite.rules.merges import (DIVISION_OPS, divides_by_tensor, is_merg
 from tfqat.rewrite.rules.pooling import (is_global_average_pool, is_resize, is_same_scale_op,
                                          is_scale_preserving)
 from tfqat.rewrite.rules.preprocessing import build_channel_affine, is_channel_affine
-__all__ = ["DIVISION_OPS", "INPUT_SCALE", "OutputQuant", "RULES", "SCALE_PRESERVING", "TRACKED", "activation_kind", "activations", "applications", "attention", "build_channel_affine", "build_decomposed_activation", "build_fused_linear", "build_separable", "divides_by_tensor", "embedding", "inference_only", "is_channel_affine", "is_global_average_pool", "is_merge", "is_resize", "is_same_scale_op", "linear", "merges", "normalization", "pooling", "preprocessing", "recurrent"]
+__all__ = ["DIVISION_OPS", "INPUT_SCALE", "OutputQuant", "RULES", "SCALE_PRESERVING", "TRACKED", "activation_kind", "activations", "applications", "attention", "einsum", "build_channel_affine", "build_decomposed_activation", "build_fused_linear", "build_separable", "divides_by_tensor", "embedding", "inference_only", "is_channel_affine", "is_global_average_pool", "is_merge", "is_resize", "is_same_scale_op", "linear", "merges", "normalization", "pooling", "preprocessing", "recurrent"]
 
 # The default table, in matching order: fused linear blocks first, so that a BN or ReLU
 # after a conv is folded into it rather than matched on its own.
 RULES = (*linear.RULES, *preprocessing.RULES, *merges.RULES, *pooling.GLOBAL_POOL_RULES,
          *activations.RULES, *pooling.SHAPE_RULES, *normalization.RULES,
-         *attention.RULES, *embedding.RULES, *recurrent.RULES, *inference_only.RULES, *applications.RULES)
+         *attention.RULES, *einsum.RULES, *embedding.RULES, *recurrent.RULES, *inference_only.RULES, *applications.RULES)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from tfqat.nn.activations import INNER_RANGES, QuantActivation
+from tfqat.nn.activations import INNER_RANGES, QuantActivation, QuantPReLU
 from tfqat.nn.quantizers import FIXED_RANGES
 from tfqat.rewrite.rules.base import TRACKED, OutputQuant, Replacement, RewriteRule, Step, _clone_chain, build_tracked
 
@@ -85,6 +85,26 @@ def build_decomposed_activation(match, cfg) -> Replacement:
     return Replacement([activation], TRACKED)
 
 
+def is_prelu(layer) -> bool:
+    """PReLU (exact class): one int8 PRELU (see tfqat.nn.activations.QuantPReLU)."""
+    return type(layer) is keras.layers.PReLU
+
+
+def build_prelu(match, cfg) -> Replacement:
+    """PReLU with alpha on the converter's int8 grid, then a tracked fake quant.
+
+    Example:
+      >>> r = build_prelu({"activation": keras.layers.PReLU(shared_axes=[1, 2])}, LayerQuantConfig())
+      >>> type(r.layers[0]).__name__, r.layers[0].shared_axes, r.output.kind
+      ('QuantPReLU', [1, 2], 'tracked')
+    """
+    prelu = match["activation"]
+    layer = QuantPReLU(shared_axes=prelu.shared_axes, quant_delay=cfg.quant_delay,
+                       alpha_regularizer=prelu.alpha_regularizer,
+                       alpha_constraint=prelu.alpha_constraint, name=prelu.name)
+    return Replacement([layer], TRACKED, lambda: layer.alpha.assign(prelu.alpha))
+
+
 RELU_TAIL = Step("relu", is_fusable_relu, optional=True)
 
 
@@ -94,6 +114,7 @@ RULES = (
                 build_tracked, True),
     RewriteRule("decomposed_activation", (Step("activation", is_decomposed_activation),),
                 build_decomposed_activation),
+    RewriteRule("prelu", (Step("activation", is_prelu),), build_prelu),
     RewriteRule("fixed_range_activation", (Step("activation", has_fixed_range),),
                 build_fixed_range, True),
 )

@@ -16,28 +16,25 @@ def is_multi_head_attention(layer) -> bool:
 
 
 def uses_unsupported_attention_call(node) -> bool:
-    """Whether a graph node calls MultiHeadAttention with an attention_mask tensor or
-    return_attention_scores=True (tfqat quantizes causal or unmasked attention only).
+    """Whether a graph node calls MultiHeadAttention with return_attention_scores=True
+    (tfqat quantizes attention returning its output only; a float attention_mask is fine).
 
     Example:
-      >>> x, mask = keras.Input((6, 8)), keras.Input((6, 6))
-      >>> model = keras.Model([x, mask], keras.layers.MultiHeadAttention(2, 4)(x, x, attention_mask=mask))
+      >>> x = keras.Input((6, 8))
+      >>> out = keras.layers.MultiHeadAttention(2, 4)(x, x, return_attention_scores=True)
+      >>> model = keras.Model(x, out[0])
       >>> uses_unsupported_attention_call(tfqat.rewrite.graph.flatten_model(model).nodes[0])
       True
     """
-    return is_multi_head_attention(node.layer) and (
-        node.kwargs.get("attention_mask") is not None
-        or bool(node.kwargs.get("return_attention_scores", False)))
+    return is_multi_head_attention(node.layer) and \
+        bool(node.kwargs.get("return_attention_scores", False))
 
 
 def unsupported_attention_call_message(node) -> str:
     name = node.layer.name
-    what = "an attention_mask tensor" if node.kwargs.get("attention_mask") is not None \
-        else "return_attention_scores=True"
-    return (f"Cannot quantize MultiHeadAttention '{name}': it is called with {what}. tfqat "
-            "quantizes unmasked attention and use_causal_mask=True (an int8 constant mask), "
-            "returning the output only. Use use_causal_mask, or leave the layer in float with "
-            f"QuantConfig(exclude=('{name}',)).")
+    return (f"Cannot quantize MultiHeadAttention '{name}': it is called with "
+            "return_attention_scores=True. tfqat quantizes attention returning the output "
+            f"only. Leave the layer in float with QuantConfig(exclude=('{name}',)).")
 
 
 def _attention_settings_check(mha):

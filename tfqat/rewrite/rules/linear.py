@@ -43,7 +43,7 @@ def takes_activation_argument(layer) -> bool:
       >>> takes_activation_argument(keras.layers.SeparableConv2D(4, 3, activation="relu"))
       True
     """
-    return is_linear(layer) or is_separable(layer)
+    return is_linear(layer) or is_separable(layer) or type(layer) is keras.layers.EinsumDense
 
 
 def is_batchnorm(layer) -> bool:
@@ -88,7 +88,8 @@ def _is_depthwise_as_grouped(layer) -> bool:
 
 def _groups_check(layer):
     groups = getattr(layer, "groups", 1)
-    if groups != 1 and not _is_depthwise_as_grouped(layer):
+    # Conv1D runs as a CONV_2D, which takes any groups (QuantConv1D).
+    if groups != 1 and not _is_depthwise_as_grouped(layer) and type(layer) is not keras.layers.Conv1D:
         raise ValueError(f"{type(layer).__name__} '{layer.name}' has groups={groups}; tfqat "
                          "quantizes groups=1 and Conv2D with one group per input channel (a "
                          "depthwise convolution) only. Exclude the layer, or write it as "

@@ -7,10 +7,11 @@ import keras
 
 from tfqat.rewrite.graph import TensorRef
 from tfqat.rewrite.rules.activations import RELU_TAIL
-from tfqat.rewrite.rules.base import RewriteRule, Step, build_tracked, keras_op_name
+from tfqat.nn.merges import QuantAverage
+from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step, build_tracked, keras_op_name
 
 
-# (Not Average: TFLite runs it as ADD then MUL, and the sum between them has no int8 scale.)
+# (Average is its own rule: ADD then MUL, with a fake quant on the sum; see tfqat.nn.merges.)
 MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
                keras.layers.Concatenate)
 
@@ -25,9 +26,15 @@ ELEMENTWISE_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
 DIVISION_OPS = ("Divide", "TrueDivide")
 
 
+# int8 MAXIMUM and MINIMUM keep one scale for their inputs and output (quantize_model rounds
+# their inputs to the output's quantizer, as for a concatenation).
+MAX_MIN_TYPES = (keras.layers.Maximum, keras.layers.Minimum)
+
+
 # Merge layers that TFLite runs as binary int8 ops: with more inputs, the converter chains
 # them and the intermediate sums or products stay float.
-BINARY_MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+BINARY_MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
+                      *MAX_MIN_TYPES)
 
 
 def is_merge(layer) -> bool:
@@ -70,6 +77,35 @@ def merges_more_than_two(node) -> bool:
     return isinstance(inputs, (list, tuple)) and len(inputs) > 2
 
 
+def is_max_min(layer) -> bool:
+    """Maximum or Minimum (exact class): int8 MAXIMUM/MINIMUM, one scale for inputs and output.
+
+    Example:
+      >>> is_max_min(keras.layers.Maximum()), is_max_min(keras.layers.Add())
+      (True, False)
+    """
+    return type(layer) in MAX_MIN_TYPES
+
+
+def is_average(layer) -> bool:
+    """Average (exact class)."""
+    return type(layer) is keras.layers.Average
+
+
+def build_average(match, cfg) -> Replacement:
+    """Average as int8 ADDs (each sum fake-quantized) then MUL by 1 / n, then a tracked fake quant.
+
+    Example:
+      >>> r = build_average({"merge": keras.layers.Average(name="avg")}, LayerQuantConfig())
+      >>> type(r.layers[0]).__name__, r.output.kind
+      ('QuantAverage', 'tracked')
+    """
+    average = match["merge"]
+    layer = QuantAverage(activation_bits=cfg.activation_bits,
+                         ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay, name=average.name)
+    return Replacement([layer], TRACKED)
+
+
 def is_concatenate(layer) -> bool:
     """Concatenate (exact class)."""
     return type(layer) is keras.layers.Concatenate
@@ -80,4 +116,7 @@ RULES = (
     # the converter leaves CONCATENATION and RELU float).
     RewriteRule("concatenate", (Step("merge", is_concatenate),), build_tracked, True),
     RewriteRule("merge_relu", (Step("merge", is_merge), RELU_TAIL), build_tracked, True),
+    # MAXIMUM/MINIMUM have no fused activation either.
+    RewriteRule("max_min", (Step("merge", is_max_min),), build_tracked, True),
+    RewriteRule("average", (Step("merge", is_average),), build_average),
 )
