@@ -113,7 +113,7 @@ class _Rebuilder:
         self.concat_claim = {}  # tensor id -> index of the Concatenate whose scale it takes
         self.concat_output = {}  # output tensor id of a Concatenate -> its node index
         for index, node in enumerate(graph.nodes):
-            if type(node.layer) is keras.layers.Concatenate and not config.is_excluded(node.layer):
+            if rules_lib.is_concatenation(node.layer) and not config.is_excluded(node.layer):
                 self.concat_output[node.outputs[0]] = index
                 for tid in node.inputs:
                     self.concat_claim.setdefault(tid, index)
@@ -212,11 +212,13 @@ class _Rebuilder:
             for inner in getattr(layer, "inner_quantizers", ()):
                 self.record.add_quantizer(inner.name, inner.fixed_range is not None, None,
                                           owner=layer.name)
-        (out,) = last.outputs
-        self.values[out] = value
+        # One output, or several (keras.ops.split): each gets the replacement's policy.
+        values = keras.tree.flatten(value) if len(last.outputs) > 1 else [value]
+        for out, output_value in zip(last.outputs, values):
+            self.values[out] = output_value
+            policy, quantizer = self._set_output_scale(out, output_value, replacement, cfg, first)
         float_layers = list(dict.fromkeys(node.float_name for node in nodes))
         qat_layers = [layer.name for layer in replacement.layers]
-        policy, quantizer = self._set_output_scale(out, value, replacement, cfg, first)
         self.record.add_decision(float_layers, rule.name, qat_layers, policy,
                                  quantizer.name if quantizer is not None else None)
 
@@ -406,7 +408,9 @@ def _wide_merge_message(node) -> str:
 _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
              (rules_lib.merges_more_than_two, _wide_merge_message),
              (rules_lib.attention.uses_unsupported_attention_call,
-              rules_lib.attention.unsupported_attention_call_message))
+              rules_lib.attention.unsupported_attention_call_message),
+             (rules_lib.keras_ops.clip_fuses_as_activation,
+              rules_lib.keras_ops.clip_refusal_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.

@@ -1,0 +1,148 @@
+"""Keras ops recorded in Functional graphs (tfqat/rewrite/rules/keras_ops.py), each through
+quantize_model -> calibrate -> export_tflite with the real converter and LiteRT: integer-only
+with int8 I/O, the TFLite op expected, and op by op within 1 LSB of the QAT model with no
+unmatched tensor."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfqat
+from tfqat.diagnostics.evaluation import compare_to_model
+from tfqat.diagnostics.fidelity import op_fidelity
+from tfqat.rewrite import record as record_lib
+
+L = keras.layers
+ops = keras.ops
+
+
+def conv(inp, channels=4, name="conv"):
+    return L.Conv2D(channels, 1, name=name)(inp)
+
+
+def head(x):
+    return L.Dense(3, name="head")(L.Flatten()(x))
+
+
+def get_item(inp):
+    y = conv(inp)
+    return head(L.Conv2D(2, 1, name="after")(y[:, 0:2]) + y[..., ::2][:, 1:3])
+
+
+def transpose(inp):
+    return head(conv(ops.transpose(conv(inp, name="c0"), (0, 2, 1, 3))))
+
+
+def reshape_squeeze(inp):
+    y = ops.expand_dims(ops.reshape(conv(inp), (-1, 9, 4)), 1)
+    return head(L.Conv2D(2, 1, name="after")(ops.squeeze(y, 1)[:, None]))
+
+
+def split(inp):
+    a, b = ops.split(conv(inp), 2, axis=-1)
+    return head(L.Conv2D(2, 1, name="a")(a) + b)
+
+
+def reductions(inp):
+    y = conv(inp)
+    return head(ops.max(y, axis=1) + ops.min(y, axis=1))
+
+
+def flip(inp):
+    return head(conv(ops.flip(conv(inp, name="c0"), axis=1)))
+
+
+def tile(inp):
+    return head(conv(ops.tile(conv(inp, name="c0"), (1, 2, 1, 1))))
+
+
+def repeat(inp):
+    return head(conv(ops.repeat(conv(inp, name="c0"), 2, axis=1)))
+
+
+def mean_sum(inp):
+    y = conv(inp)
+    return L.Dense(3, name="head")(ops.mean(y, axis=[1, 2]) + ops.sum(y, axis=[1, 2]))
+
+
+def matmul_tensors(inp):
+    y = ops.reshape(conv(inp), (-1, 9, 4))
+    return head(ops.matmul(y, ops.transpose(conv(inp, name="c1"), (0, 3, 1, 2))[:, :, 0]))
+
+
+def einsum(inp):
+    y = ops.reshape(conv(inp), (-1, 9, 4))
+    return head(ops.einsum("bic,bjc->bij", y, ops.reshape(conv(inp, name="c1"), (-1, 9, 4))))
+
+
+def clip(low, high):
+    def build(inp):
+        return head(conv(ops.clip(conv(inp, name="c0"), low, high)))
+    return build
+
+
+def matmul_constant(inp):
+    weights = np.random.default_rng(2).normal(0, 0.5, (4, 5)).astype("float32")
+    return head(ops.matmul(conv(inp), weights))
+
+
+def op_as_output(inp):
+    return ops.transpose(conv(inp), (0, 2, 1, 3))[:, 1:]
+
+
+def concatenate_stack(inp):
+    a, b = conv(inp, name="a"), conv(inp, name="b")
+    return head(ops.stack([ops.concatenate([a, b], axis=-1), ops.concatenate([b, a], axis=-1)],
+                          axis=1))
+
+
+IMAGE = (3, 3, 3)
+# name: (builder, input shape, TFLite ops that must appear, the rule's output policy)
+CASES = {
+    "get_item": (get_item, IMAGE, {"STRIDED_SLICE": 2}),
+    "transpose": (transpose, IMAGE, {"TRANSPOSE": 1}),
+    "reshape_squeeze": (reshape_squeeze, IMAGE, {"RESHAPE": 2}),
+    "split": (split, IMAGE, {"SPLIT": 1}),
+    "reductions": (reductions, IMAGE, {"REDUCE_MAX": 1, "REDUCE_MIN": 1}),
+    "flip": (flip, IMAGE, {"REVERSE_V2": 1}),
+    "tile": (tile, IMAGE, {"TILE": 1}),
+    "repeat": (repeat, IMAGE, {}),
+    "mean_sum": (mean_sum, IMAGE, {"MEAN": 1, "SUM": 1}),
+    "matmul_tensors": (matmul_tensors, IMAGE, {"BATCH_MATMUL": 1}),
+    "einsum": (einsum, IMAGE, {"BATCH_MATMUL": 1}),
+    "clip": (clip(-0.5, 1.0), IMAGE, {"MINIMUM": 1, "MAXIMUM": 1}),
+    "clip_relu6": (clip(0.0, 6.0), IMAGE, {"CONV_2D": 3}),
+    "clip_positive": (clip(0.5, 2.0), IMAGE, {"MINIMUM": 1, "MAXIMUM": 1}),
+    "matmul_constant": (matmul_constant, IMAGE, {}),
+    "op_as_output": (op_as_output, IMAGE, {"TRANSPOSE": 1, "STRIDED_SLICE": 1}),
+    "concatenate_stack": (concatenate_stack, IMAGE, {"CONCATENATION": 2, "PACK": 1}),
+}
+
+
+def exported(name):
+    build, shape, _ = CASES[name]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape, name="x")
+    model = keras.Model(inp, build(inp))
+    x = np.random.default_rng(1).normal(0, 1, (32, *shape)).astype("float32")
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, x)
+    return model, qat, tfqat.export_tflite(qat), x
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_keras_op_exports_integer_only_and_matches_the_qat_model(name):
+    _, qat, flatbuffer, x = exported(name)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
+    for op, count in CASES[name][2].items():
+        assert report.op_histogram.get(op, 0) >= count, (op, dict(report.op_histogram))
+    print(dict(report.op_histogram))
+    assert report.op_histogram.get("QUANTIZE", 0) == 0, dict(report.op_histogram)
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert not op_by_op.unmatched, str(op_by_op)
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    comparison = compare_to_model(qat, flatbuffer, x)
+    assert comparison.max_diff_lsb <= 2.0 + 1e-3, comparison

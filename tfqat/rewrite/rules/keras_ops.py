@@ -1,0 +1,143 @@
+"""Rules for Keras ops recorded in a Functional graph (`keras.ops.transpose(x, ...)`, `x[:, 1:]`,
+`keras.ops.mean(x, axis=1)`), other than the elementwise ones (see `merges`).
+
+Each op is copied with the same arguments (its config holds them; non-tensor call arguments
+such as a slice key stay in the graph node) and gets the scale policy of its int8 TFLite op.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfqat.nn.keras_op import KerasOpLayer
+from tfqat.rewrite.graph import numpy_op
+from tfqat.rewrite.rules.base import (INPUT_SCALE, SCALE_PRESERVING, TRACKED, Replacement,
+                                      RewriteRule, Step, clone_layer, keras_op_name)
+
+
+# Ops that move int8 values without arithmetic, so the output keeps the input's scale:
+# STRIDED_SLICE, TRANSPOSE, RESHAPE, SPLIT, REDUCE_MAX/MIN, REVERSE_V2, TILE.
+SCALE_PRESERVING_OPS = ("GetItem", "Transpose", "Reshape", "ExpandDims", "Squeeze", "Split",
+                        "Max", "Min", "Tile", "Repeat")
+
+
+# Ops whose int8 kernel requantizes an accumulator to an output scale of its own (MEAN, SUM,
+# BATCH_MATMUL), so the output gets a tracked range.
+OWN_SCALE_OPS = ("Mean", "Sum", "Matmul", "Einsum")
+
+
+# Ops whose int8 kernel keeps its input's scale but computes new values: clip is MINIMUM and
+# MAXIMUM against constants quantized at the input's scale.
+SAME_SCALE_OPS = ("Clip",)
+
+
+# REVERSE_V2 keeps its input's scale, but the converter leaves it float unless its output has
+# a fake quant: the input's quantizer, applied again (tied).
+TIED_OPS = ("Flip",)
+
+
+# int8 CONCATENATION and PACK give every input the output's scale (the concatenation scale
+# group of tfqat.rewrite.quantize).
+CONCATENATION_OPS = ("Concatenate", "Stack")
+
+
+def _op_in(names):
+    def matches(layer) -> bool:
+        return keras_op_name(layer) in names
+    return matches
+
+
+is_scale_preserving_op = _op_in(SCALE_PRESERVING_OPS)
+is_own_scale_op = _op_in(OWN_SCALE_OPS)
+is_same_scale_keras_op = _op_in(SAME_SCALE_OPS)
+is_concatenation_op = _op_in(CONCATENATION_OPS)
+is_tied_op = _op_in(TIED_OPS)
+
+
+def is_concatenation(layer) -> bool:
+    """A Concatenate layer or a concatenate/stack Keras op: its inputs take its output's scale.
+
+    Example:
+      >>> a = keras.Input((4,))
+      >>> op = keras.ops.stack([a, a], axis=1)._keras_history.operation
+      >>> is_concatenation(keras.layers.Concatenate()), is_concatenation(op)
+      (True, True)
+    """
+    return type(layer) is keras.layers.Concatenate or is_concatenation_op(layer)
+
+
+def _as_layer(output):
+    """A builder: a copy of the matched op, called as a KerasOpLayer, with policy `output`."""
+    def build(match, cfg) -> Replacement:
+        op = match["op"]
+        return Replacement([KerasOpLayer(clone_layer(op), name=op.name)], output)
+    return build
+
+
+# clip(x, 0, 6) is RELU6, which the converter fuses into the op before it (a conv, an ADD)
+# or runs on its own, requantizing: the clip's output has a scale of its own, as a ReLU6
+# layer's does.
+RELU6_BOUNDS = (0.0, 6.0)
+
+
+def _clip_bounds(op):
+    return float(op.x_min), float(op.x_max)
+
+
+def clip_fuses_as_activation(node) -> bool:
+    """Whether a graph node is a keras.ops.clip that the converter turns into a TFLite
+    activation other than RELU6: clip(x, 0, hi) (max(x, 0) becomes a RELU fused into the
+    op before it) or clip(x, -1, 1) (RELU_N1_TO_1). The tensor before the clip then no
+    longer exists in the .tflite, and the clip's bound is quantized at that tensor's scale,
+    which the QAT model does not reproduce.
+
+    Example:
+      >>> inp = keras.Input((4,))
+      >>> (node,) = tfqat.rewrite.graph.flatten_model(keras.Model(inp, keras.ops.clip(inp, 0.0, 1.0))).nodes
+      >>> clip_fuses_as_activation(node)
+      True
+    """
+    if keras_op_name(node.layer) != "Clip":
+        return False
+    low, high = _clip_bounds(node.layer)
+    return (low, high) != RELU6_BOUNDS and (low == 0.0 or (low, high) == (-1.0, 1.0))
+
+
+def clip_refusal_message(node) -> str:
+    op = node.layer
+    low, high = _clip_bounds(op)
+    return (
+        f"Cannot quantize Keras op '{op.name}' (Clip to [{low:g}, {high:g}]): TF's TFLite "
+        f"converter fuses this clip into the op before it as a TFLite activation (RELU, "
+        f"RELU_N1_TO_1) and quantizes its bound at that op's output scale, which the QAT model "
+        f"cannot reproduce. Use keras.layers.ReLU(6.0) or keras.ops.clip(x, 0.0, 6.0) for a "
+        f"ReLU6, bounds with low < 0 < high other than [-1, 1] (int8 MAXIMUM and MINIMUM), or "
+        f"leave it in float with QuantConfig(exclude=('{op.name}',)).")
+
+
+def build_clip(match, cfg) -> Replacement:
+    """clip(x, 0, 6) as RELU6 with its own scale, other bounds as maximum(x, lo) then
+    minimum(., hi), both int8 at the input's scale.
+
+    MAXIMUM and MINIMUM quantize their constant bounds at the input's scale, so the output
+    is rounded to that scale (tied). One layer per op gives each its own name scope, so
+    op_fidelity finds the MINIMUM's output (the clip's) rather than two same-scale tensors
+    in one scope.
+    """
+    op = match["op"]
+    low, high = _clip_bounds(op)
+    if (low, high) == RELU6_BOUNDS:
+        return Replacement([KerasOpLayer(clone_layer(op), name=op.name)], TRACKED)
+    lower = KerasOpLayer(numpy_op("Maximum"), {"x2": low}, name=f"{op.name}_lower")
+    upper = KerasOpLayer(numpy_op("Minimum"), {"x2": high}, name=op.name)
+    return Replacement([lower, upper], INPUT_SCALE)
+
+
+RULES = (
+    RewriteRule("keras_op_scale_preserving", (Step("op", is_scale_preserving_op),),
+                _as_layer(SCALE_PRESERVING)),
+    RewriteRule("keras_op_own_scale", (Step("op", is_own_scale_op),), _as_layer(TRACKED)),
+    RewriteRule("keras_op_tied", (Step("op", is_tied_op),), _as_layer(INPUT_SCALE)),
+    RewriteRule("keras_op_clip", (Step("op", is_same_scale_keras_op),), build_clip),
+    RewriteRule("keras_op_concatenation", (Step("op", is_concatenation_op),), _as_layer(TRACKED)),
+)
