@@ -82,8 +82,13 @@ def clip(low, high):
 
 
 def matmul_constant(inp):
-    weights = np.random.default_rng(2).normal(0, 0.5, (4, 5)).astype("float32")
-    return head(ops.matmul(conv(inp), weights))
+    weights = np.random.default_rng(2).normal(0, 0.5, (16, 5)).astype("float32")
+    return head(ops.matmul(conv(inp, 16), weights))
+
+
+def einsum_constant(inp):
+    weights = np.random.default_rng(2).normal(0, 0.5, (5, 16)).astype("float32")
+    return head(ops.einsum("bhwc,dc->bhwd", conv(inp, 16), weights))
 
 
 def op_as_output(inp):
@@ -113,7 +118,8 @@ CASES = {
     "clip": (clip(-0.5, 1.0), IMAGE, {"MINIMUM": 1, "MAXIMUM": 1}),
     "clip_relu6": (clip(0.0, 6.0), IMAGE, {"CONV_2D": 3}),
     "clip_positive": (clip(0.5, 2.0), IMAGE, {"MINIMUM": 1, "MAXIMUM": 1}),
-    "matmul_constant": (matmul_constant, IMAGE, {}),
+    "matmul_constant": (matmul_constant, IMAGE, {"FULLY_CONNECTED": 1}),
+    "einsum_constant": (einsum_constant, IMAGE, {}),
     "op_as_output": (op_as_output, IMAGE, {"TRANSPOSE": 1, "STRIDED_SLICE": 1}),
     "concatenate_stack": (concatenate_stack, IMAGE, {"CONCATENATION": 2, "PACK": 1}),
 }
@@ -146,3 +152,44 @@ def test_keras_op_exports_integer_only_and_matches_the_qat_model(name):
     assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
     comparison = compare_to_model(qat, flatbuffer, x)
     assert comparison.max_diff_lsb <= 2.0 + 1e-3, comparison
+
+
+def test_constant_matmul_operand_is_the_tflite_weight_exactly():
+    # The QAT layer fake-quantizes the constant symmetric per tensor; the converter stores that
+    # very grid (one scale, zero point 0), so the int8 weights times their scale are the QAT values.
+    _, qat, flatbuffer, _ = exported("matmul_constant")
+    layer = qat.get_layer("matmul")
+    assert isinstance(layer, tfqat.KerasOpLayer) and layer.constant_bits == 8
+    (op,) = [op for op in tfqat.inspect_tflite(flatbuffer).ops if op.name == "FULLY_CONNECTED"]
+    weights = op.inputs[1]
+    assert weights.dtype == "int8" and weights.scales.size == 1
+    expected = np.random.default_rng(2).normal(0, 0.5, (16, 5)).astype("float32")
+    np.testing.assert_allclose(weights.scales[0] * 127, np.abs(expected).max(), rtol=1e-6)
+
+
+def ops_everywhere(inp):
+    y = L.Conv2D(8, 1, activation="relu", name="c0")(inp)
+    a, b = ops.split(ops.transpose(y, (0, 2, 1, 3)), 2, axis=-1)
+    y = ops.concatenate([L.Conv2D(4, 1, name="c1")(a), ops.clip(b, -0.5, 1.0)], axis=-1)
+    y = ops.mean(ops.reshape(y[:, 1:], (-1, 6, 8)), axis=1)
+    return ops.matmul(y, np.random.default_rng(3).normal(0, 0.3, (8, 3)).astype("float32"))
+
+
+def test_trained_qat_model_with_keras_ops_saves_loads_and_exports(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(IMAGE, name="x")
+    qat = tfqat.quantize_model(keras.Model(inp, ops_everywhere(inp)))
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (32, *IMAGE)).astype("float32")
+    y = rng.normal(0, 1, (32, 3)).astype("float32")
+    qat.compile("adam", "mse")
+    qat.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+    flatbuffer = tfqat.export_tflite(loaded)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
+    op_by_op = op_fidelity(loaded, flatbuffer, x[:8])
+    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)

@@ -7,6 +7,8 @@ import inspect
 import keras
 import numpy as np
 
+from tfqat.nn.quantizers import fake_quant_weights
+
 
 @keras.saving.register_keras_serializable(package="tfqat")
 class KerasOpLayer(keras.layers.Layer):
@@ -17,7 +19,8 @@ class KerasOpLayer(keras.layers.Layer):
     .tflite says which op wrote a tensor, and op_fidelity cannot tell apart two same-sized
     tensors at one scale (the members of a concatenation group). The layer runs the same
     op with the same arguments; the non-tensor call arguments (a slice key, a constant
-    matmul operand) stay in the graph node, as for the op.
+    matmul operand) stay in the graph node, as for the op. With `constant_bits`, array
+    operands (constants) are fake-quantized as weights, symmetric per tensor.
 
     Example:
       >>> from tfqat.rewrite.graph import numpy_op
@@ -28,12 +31,14 @@ class KerasOpLayer(keras.layers.Layer):
       <tf.Tensor: shape=(2,), dtype=float32, numpy=array([1., 1.], dtype=float32)>
     """
 
-    def __init__(self, op, arguments=None, **kwargs):
+    def __init__(self, op, arguments=None, constant_bits=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(op, dict):
             op = keras.saving.deserialize_keras_object(op)
         self.op = op
         self.arguments = dict(arguments or {})
+        self.constant_bits = constant_bits
+        self._constants = (frozenset(), frozenset())  # positions, names of array operands
 
     def __call__(self, *args, **kwargs):
         # Keras layers take only tensors positionally: the op's other arguments (a slice key)
@@ -46,17 +51,33 @@ class KerasOpLayer(keras.layers.Layer):
         if tensors < len(args):
             kwargs.update(zip(names[tensors:], args[tensors:]))
             args = args[:tensors]
+        # Array operands (a matmul's constant matrix) are the graph's constants: Keras turns
+        # them into tensors before `call`, so note where they are.
+        self._constants = (
+            frozenset(i for i, value in enumerate(args) if isinstance(value, np.ndarray)),
+            frozenset(k for k, value in kwargs.items() if isinstance(value, np.ndarray)))
         return super().__call__(*args, **kwargs)
 
     def call(self, *args, **kwargs):
+        if self.constant_bits is not None:
+            # A constant operand is an int8 weight tensor of the TFLite op (FULLY_CONNECTED's
+            # or BATCH_MATMUL's): symmetric per tensor, as the converter stores it.
+            positions, names = self._constants
+            args = [self._quantized(a) if i in positions else a for i, a in enumerate(args)]
+            kwargs = {k: self._quantized(v) if k in names else v for k, v in kwargs.items()}
         return self.op(*args, **self.arguments, **kwargs)
+
+    def _quantized(self, constant):
+        return fake_quant_weights(keras.ops.cast(constant, "float32"), self.constant_bits,
+                                  per_channel=False)
 
     def compute_output_spec(self, *args, **kwargs):
         return self.op.compute_output_spec(*args, **self.arguments, **kwargs)
 
     def get_config(self):
         config = super().get_config()
-        config.update(op=keras.saving.serialize_keras_object(self.op), arguments=self.arguments)
+        config.update(op=keras.saving.serialize_keras_object(self.op), arguments=self.arguments,
+                      constant_bits=self.constant_bits)
         return config
 
 

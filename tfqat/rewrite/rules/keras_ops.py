@@ -115,6 +115,15 @@ def clip_refusal_message(node) -> str:
         f"leave it in float with QuantConfig(exclude=('{op.name}',)).")
 
 
+def build_own_scale(match, cfg) -> Replacement:
+    """A copy of the op with a tracked output range; a constant matrix operand (matmul or
+    einsum with a weight) is fake-quantized at `cfg.weight_bits`, symmetric per tensor,
+    since the converter makes it an int8 FULLY_CONNECTED/BATCH_MATMUL weight."""
+    op = match["op"]
+    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=cfg.weight_bits, name=op.name)],
+                       TRACKED)
+
+
 def build_clip(match, cfg) -> Replacement:
     """clip(x, 0, 6) as RELU6 with its own scale, other bounds as maximum(x, lo) then
     minimum(., hi), both int8 at the input's scale.
@@ -136,7 +145,7 @@ def build_clip(match, cfg) -> Replacement:
 RULES = (
     RewriteRule("keras_op_scale_preserving", (Step("op", is_scale_preserving_op),),
                 _as_layer(SCALE_PRESERVING)),
-    RewriteRule("keras_op_own_scale", (Step("op", is_own_scale_op),), _as_layer(TRACKED)),
+    RewriteRule("keras_op_own_scale", (Step("op", is_own_scale_op),), build_own_scale),
     RewriteRule("keras_op_tied", (Step("op", is_tied_op),), _as_layer(INPUT_SCALE)),
     RewriteRule("keras_op_clip", (Step("op", is_same_scale_keras_op),), build_clip),
     RewriteRule("keras_op_concatenation", (Step("op", is_concatenation_op),), _as_layer(TRACKED)),
