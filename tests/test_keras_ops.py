@@ -10,7 +10,7 @@ import pytest
 import tfqat
 from tfqat.diagnostics.evaluation import compare_to_model
 from tfqat.diagnostics.fidelity import op_fidelity
-from tfqat.rewrite import record as record_lib
+from tfqat.rewrite.graph import numpy_op
 
 L = keras.layers
 ops = keras.ops
@@ -193,3 +193,42 @@ def test_trained_qat_model_with_keras_ops_saves_loads_and_exports(tmp_path):
     assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
     op_by_op = op_fidelity(loaded, flatbuffer, x[:8])
     assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (0.0, 3.0), (-1.0, 1.0)])
+def test_clip_the_converter_fuses_as_an_activation_is_refused_with_what_to_do(low, high):
+    keras.backend.clear_session()  # the op is auto-named "clip"
+    inp = keras.Input(IMAGE)
+    model = keras.Model(inp, ops.clip(conv(inp), low, high))
+    with pytest.raises(tfqat.UnsupportedLayerError) as info:
+        tfqat.quantize_model(model)
+    message = str(info.value)
+    assert f"'clip' (Clip to [{low:g}, {high:g}])" in message, message
+    assert "keras.ops.clip(x, 0.0, 6.0)" in message and "exclude=('clip',)" in message
+
+
+def test_lambda_is_refused_pointing_at_keras_ops():
+    inp = keras.Input(IMAGE)
+    model = keras.Model(inp, L.Lambda(lambda t: t[:, 1:], name="crop")(conv(inp)))
+    with pytest.raises(tfqat.UnsupportedLayerError) as info:
+        tfqat.quantize_model(model)
+    message = str(info.value)
+    assert "'crop' (Lambda)" in message and "exclude=('crop',)" in message, message
+    assert "keras.ops calls on the Functional graph instead of a Lambda" in message, message
+
+
+def test_another_keras_op_is_refused_listing_the_supported_ones():
+    inp = keras.Input(IMAGE)
+    model = keras.Model(inp, ops.sin(conv(inp)))
+    with pytest.raises(tfqat.UnsupportedLayerError) as info:
+        tfqat.quantize_model(model)
+    message = str(info.value)
+    assert "Keras op 'sin' (Sin)" in message and "Transpose" in message, message
+
+
+def test_keras_op_layer_runs_the_op_in_its_name_scope_and_round_trips():
+    layer = tfqat.KerasOpLayer(numpy_op("Minimum"), {"x2": 0.5}, name="upper")
+    np.testing.assert_allclose(layer(np.array([0.0, 1.0], "float32")), [0.0, 0.5])
+    copy = tfqat.KerasOpLayer.from_config(layer.get_config())
+    assert type(copy.op).__name__ == "Minimum" and copy.arguments == {"x2": 0.5}
+    np.testing.assert_allclose(copy(np.array([2.0], "float32")), [0.5])

@@ -46,7 +46,8 @@ def test_rule_table_order_and_names():
         "global_average_pool", "relu", "single_op_activation", "decomposed_activation",
         "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op", "layer_normalization",
         "multi_head_attention", "embedding", "position_embedding", "inference_identity",
-        "layer_scale"]
+        "layer_scale", "keras_op_scale_preserving", "keras_op_own_scale", "keras_op_tied",
+        "keras_op_clip", "keras_op_concatenation"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
     assert [s.optional for s in fused.pattern] == [False, True, True]

@@ -417,6 +417,10 @@ _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
 _REPLACEMENT_HINTS = {
     keras.layers.Average: "TFLite runs Average as ADD then MUL, and the sum between them has "
                           "no int8 scale; Add followed by Rescaling(1 / n) is integer-only. ",
+    keras.layers.Lambda: "A Lambda runs Python that tfqat cannot see into: wrap the computation "
+                         "in keras.ops calls on the Functional graph instead of a Lambda (tfqat "
+                         "quantizes slicing, transpose, reshape, mean, matmul, concatenate and "
+                         "the other ops listed in docs/design.md), or exclude it. ",
 }
 
 
@@ -426,7 +430,7 @@ def _unsupported_message(node) -> str:
     what = "layer" if isinstance(layer, keras.layers.Layer) else "Keras op"
     return (
         f"Cannot quantize {what} '{layer.name}' ({kind}): no tfqat rewrite rule handles it. "
-        f"{_REPLACEMENT_HINTS.get(type(layer), '')}"
+        f"{_REPLACEMENT_HINTS.get(type(layer), '' if what == 'layer' else rules_lib.keras_ops.SUPPORTED_HINT)}"
         f"Either leave it in float with QuantConfig(exclude=('{layer.name}',)) (export_tflite "
         f"then refuses the model unless called with allow_float_ops=True, which makes a hybrid "
         f"model), replace it with supported layers, or set it per layer with "

@@ -11,6 +11,7 @@ import keras
 
 from tfqat.nn.keras_op import KerasOpLayer
 from tfqat.rewrite.graph import numpy_op
+from tfqat.rewrite.rules.merges import ELEMENTWISE_OPS
 from tfqat.rewrite.rules.base import (INPUT_SCALE, SCALE_PRESERVING, TRACKED, Replacement,
                                       RewriteRule, Step, clone_layer, keras_op_name)
 
@@ -41,6 +42,13 @@ TIED_OPS = ("Flip",)
 CONCATENATION_OPS = ("Concatenate", "Stack")
 
 
+# For the refusal of any other Keras op.
+SUPPORTED_HINT = ("tfqat quantizes these Keras ops: "
+                  + ", ".join(sorted({*SCALE_PRESERVING_OPS, *OWN_SCALE_OPS, *SAME_SCALE_OPS,
+                                      *TIED_OPS, *CONCATENATION_OPS, *ELEMENTWISE_OPS}))
+                  + ". ")
+
+
 def _op_in(names):
     def matches(layer) -> bool:
         return keras_op_name(layer) in names
@@ -58,9 +66,8 @@ def is_concatenation(layer) -> bool:
     """A Concatenate layer or a concatenate/stack Keras op: its inputs take its output's scale.
 
     Example:
-      >>> a = keras.Input((4,))
-      >>> op = keras.ops.stack([a, a], axis=1)._keras_history.operation
-      >>> is_concatenation(keras.layers.Concatenate()), is_concatenation(op)
+      >>> from tfqat.rewrite.graph import numpy_op
+      >>> is_concatenation(keras.layers.Concatenate()), is_concatenation(numpy_op("Stack", axis=1))
       (True, True)
     """
     return type(layer) is keras.layers.Concatenate or is_concatenation_op(layer)
