@@ -10,6 +10,7 @@ import pytest
 import tfqat
 from tfqat.diagnostics.evaluation import compare_to_model
 from tfqat.diagnostics.fidelity import op_fidelity
+from tfqat.nn.quantizers import fake_quant_weights
 from tfqat.rewrite.graph import numpy_op
 
 L = keras.layers
@@ -232,3 +233,16 @@ def test_keras_op_layer_runs_the_op_in_its_name_scope_and_round_trips():
     copy = tfqat.KerasOpLayer.from_config(layer.get_config())
     assert type(copy.op).__name__ == "Minimum" and copy.arguments == {"x2": 0.5}
     np.testing.assert_allclose(copy(np.array([2.0], "float32")), [0.5])
+
+
+def test_constant_operands_are_the_arrays_of_the_graph_call_only():
+    # Evaluated on arrays (op_fidelity replays layers on .tflite values), the tensor operand is
+    # an array too: only the array of the graph call is a constant, fake-quantized as a weight.
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(3, 2)).astype("float32")
+    layer = tfqat.KerasOpLayer(numpy_op("Matmul"), constant_bits=4)
+    layer(keras.Input((3,)), weights)
+    x = rng.normal(size=(5, 3)).astype("float32")
+    quantized = np.asarray(fake_quant_weights(weights, 4, per_channel=False))
+    assert np.abs(quantized - weights).max() > 1e-3
+    np.testing.assert_allclose(layer(x, weights), x @ quantized, rtol=1e-5, atol=1e-6)

@@ -51,11 +51,13 @@ class KerasOpLayer(keras.layers.Layer):
         if tensors < len(args):
             kwargs.update(zip(names[tensors:], args[tensors:]))
             args = args[:tensors]
-        # Array operands (a matmul's constant matrix) are the graph's constants: Keras turns
-        # them into tensors before `call`, so note where they are.
-        self._constants = (
-            frozenset(i for i, value in enumerate(args) if isinstance(value, np.ndarray)),
-            frozenset(k for k, value in kwargs.items() if isinstance(value, np.ndarray)))
+        if any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs))):
+            # Building the graph: array operands (a matmul's constant matrix) are constants.
+            # Keras turns them into tensors before `call`, so note where they are. (Evaluated
+            # on arrays later, every operand is an array: only the symbolic call tells.)
+            self._constants = (
+                frozenset(i for i, value in enumerate(args) if isinstance(value, np.ndarray)),
+                frozenset(k for k, value in kwargs.items() if isinstance(value, np.ndarray)))
         return super().__call__(*args, **kwargs)
 
     def call(self, *args, **kwargs):

@@ -27,6 +27,10 @@ SCALE_PRESERVING_OPS = ("GetItem", "Transpose", "Reshape", "ExpandDims", "Squeez
 OWN_SCALE_OPS = ("Mean", "Sum", "Matmul", "Einsum")
 
 
+# Own-scale ops whose constant operand is a weight of the TFLite op.
+WEIGHT_OPERAND_OPS = ("Matmul", "Einsum")
+
+
 # Ops whose int8 kernel keeps its input's scale but computes new values: clip is MINIMUM and
 # MAXIMUM against constants quantized at the input's scale.
 SAME_SCALE_OPS = ("Clip",)
@@ -127,8 +131,8 @@ def build_own_scale(match, cfg) -> Replacement:
     einsum with a weight) is fake-quantized at `cfg.weight_bits`, symmetric per tensor,
     since the converter makes it an int8 FULLY_CONNECTED/BATCH_MATMUL weight."""
     op = match["op"]
-    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=cfg.weight_bits, name=op.name)],
-                       TRACKED)
+    bits = cfg.weight_bits if keras_op_name(op) in WEIGHT_OPERAND_OPS else None
+    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=bits, name=op.name)], TRACKED)
 
 
 def build_clip(match, cfg) -> Replacement:
