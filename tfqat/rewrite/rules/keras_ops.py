@@ -17,7 +17,8 @@ from tfqat.rewrite.rules.base import (INPUT_SCALE, SCALE_PRESERVING, TRACKED, Re
 
 
 # Ops that move int8 values without arithmetic, so the output keeps the input's scale:
-# STRIDED_SLICE, TRANSPOSE, RESHAPE, SPLIT, REDUCE_MAX/MIN, REVERSE_V2, TILE.
+# STRIDED_SLICE, TRANSPOSE, RESHAPE, EXPAND_DIMS, SPLIT, REDUCE_MAX/MIN, TILE. (max/min with
+# `initial` also compare with a constant: not matched.)
 SCALE_PRESERVING_OPS = ("GetItem", "Transpose", "Reshape", "ExpandDims", "Squeeze", "Split",
                         "Max", "Min", "Tile", "Repeat")
 
@@ -59,7 +60,17 @@ def _op_in(names):
     return matches
 
 
-is_scale_preserving_op = _op_in(SCALE_PRESERVING_OPS)
+def is_scale_preserving_op(layer) -> bool:
+    """A Keras op whose int8 TFLite form keeps its input's values and scale.
+
+    Example:
+      >>> from tfqat.rewrite.graph import numpy_op
+      >>> is_scale_preserving_op(numpy_op("Transpose")), is_scale_preserving_op(numpy_op("Mean"))
+      (True, False)
+    """
+    return keras_op_name(layer) in SCALE_PRESERVING_OPS and getattr(layer, "initial", None) is None
+
+
 is_own_scale_op = _op_in(OWN_SCALE_OPS)
 is_same_scale_keras_op = _op_in(SAME_SCALE_OPS)
 is_concatenation_op = _op_in(CONCATENATION_OPS)
