@@ -159,7 +159,7 @@ def test_constant_matmul_operand_is_the_tflite_weight_exactly():
     # The QAT layer fake-quantizes the constant symmetric per tensor; the converter stores that
     # very grid (one scale, zero point 0), so the int8 weights times their scale are the QAT values.
     _, qat, flatbuffer, _ = exported("matmul_constant")
-    layer = qat.get_layer("matmul")
+    layer = qat.get_layer("matmul_op")
     assert isinstance(layer, tfqat.KerasOpLayer) and layer.constant_bits == 8
     (op,) = [op for op in tfqat.inspect_tflite(flatbuffer).ops if op.name == "FULLY_CONNECTED"]
     weights = op.inputs[1]
@@ -246,3 +246,18 @@ def test_constant_operands_are_the_arrays_of_the_graph_call_only():
     quantized = np.asarray(fake_quant_weights(weights, 4, per_channel=False))
     assert np.abs(quantized - weights).max() > 1e-3
     np.testing.assert_allclose(layer(x, weights), x @ quantized, rtol=1e-5, atol=1e-6)
+
+
+def test_branching_transpose_is_checked_op_by_op():
+    # The transpose's output is read twice, so it gets its input's quantizer again (tied); its
+    # .tflite tensor is found in the op's name scope, not confused with TF's `transpose/perm`.
+    keras.backend.clear_session()
+    inp = keras.Input((4, 4, 3), name="x")
+    act = L.Activation("sigmoid", name="act")(L.UpSampling2D(name="up")(inp))
+    swapped = ops.transpose(act, (0, 2, 1, 3))
+    qat = tfqat.quantize_model(keras.Model(inp, L.Add(name="add")([swapped, swapped])))
+    x = np.random.default_rng(0).uniform(0, 1, (16, 4, 4, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    op_by_op = op_fidelity(qat, tfqat.export_tflite(qat), x[:8])
+    assert not op_by_op.unmatched and op_by_op.num_checked == 3, str(op_by_op)
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)

@@ -88,11 +88,18 @@ def is_concatenation(layer) -> bool:
     return type(layer) is keras.layers.Concatenate or is_concatenation_op(layer)
 
 
+def _layer_name(op) -> str:
+    """The QAT layer's name: the op's with "_op" after it. TF names some ops' inner tensors
+    after the op (`transpose_1/transpose/perm`), which makes a scope named exactly like a
+    layer named "transpose", and op_fidelity could not tell which scope is the layer's."""
+    return f"{op.name}_op"
+
+
 def _as_layer(output):
     """A builder: a copy of the matched op, called as a KerasOpLayer, with policy `output`."""
     def build(match, cfg) -> Replacement:
         op = match["op"]
-        return Replacement([KerasOpLayer(clone_layer(op), name=op.name)], output)
+        return Replacement([KerasOpLayer(clone_layer(op), name=_layer_name(op))], output)
     return build
 
 
@@ -143,7 +150,7 @@ def build_own_scale(match, cfg) -> Replacement:
     since the converter makes it an int8 FULLY_CONNECTED/BATCH_MATMUL weight."""
     op = match["op"]
     bits = cfg.weight_bits if keras_op_name(op) in WEIGHT_OPERAND_OPS else None
-    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=bits, name=op.name)], TRACKED)
+    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=bits, name=_layer_name(op))], TRACKED)
 
 
 def build_clip(match, cfg) -> Replacement:
@@ -158,9 +165,9 @@ def build_clip(match, cfg) -> Replacement:
     op = match["op"]
     low, high = _clip_bounds(op)
     if (low, high) == RELU6_BOUNDS:
-        return Replacement([KerasOpLayer(clone_layer(op), name=op.name)], TRACKED)
+        return Replacement([KerasOpLayer(clone_layer(op), name=_layer_name(op))], TRACKED)
     lower = KerasOpLayer(numpy_op("Maximum"), {"x2": low}, name=f"{op.name}_lower")
-    upper = KerasOpLayer(numpy_op("Minimum"), {"x2": high}, name=op.name)
+    upper = KerasOpLayer(numpy_op("Minimum"), {"x2": high}, name=_layer_name(op))
     return Replacement([lower, upper], INPUT_SCALE)
 
 
