@@ -51,7 +51,8 @@ class KerasOpLayer(keras.layers.Layer):
         if tensors < len(args):
             kwargs.update(zip(names[tensors:], args[tensors:]))
             args = args[:tensors]
-        if any(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten((args, kwargs))):
+        leaves = keras.tree.flatten((args, kwargs))
+        if any(isinstance(value, keras.KerasTensor) for value in leaves):
             # Building the graph: array operands (a matmul's constant matrix) are constants.
             # Keras turns them into tensors before `call`, so note where they are. (Evaluated
             # on arrays later, every operand is an array: only the symbolic call tells.)

@@ -428,9 +428,11 @@ def _unsupported_message(node) -> str:
     layer = node.layer
     kind = type(layer).__name__
     what = "layer" if isinstance(layer, keras.layers.Layer) else "Keras op"
+    hint = _REPLACEMENT_HINTS.get(
+        type(layer), "" if what == "layer" else rules_lib.keras_ops.SUPPORTED_HINT)
     return (
         f"Cannot quantize {what} '{layer.name}' ({kind}): no tfqat rewrite rule handles it. "
-        f"{_REPLACEMENT_HINTS.get(type(layer), '' if what == 'layer' else rules_lib.keras_ops.SUPPORTED_HINT)}"
+        f"{hint}"
         f"Either leave it in float with QuantConfig(exclude=('{layer.name}',)) (export_tflite "
         f"then refuses the model unless called with allow_float_ops=True, which makes a hybrid "
         f"model), replace it with supported layers, or set it per layer with "

@@ -122,7 +122,8 @@ def clip_fuses_as_activation(node) -> bool:
 
     Example:
       >>> inp = keras.Input((4,))
-      >>> (node,) = tfqat.rewrite.graph.flatten_model(keras.Model(inp, keras.ops.clip(inp, 0.0, 1.0))).nodes
+      >>> model = keras.Model(inp, keras.ops.clip(inp, 0.0, 1.0))
+      >>> (node,) = tfqat.rewrite.graph.flatten_model(model).nodes
       >>> clip_fuses_as_activation(node)
       True
     """
@@ -150,7 +151,8 @@ def build_own_scale(match, cfg) -> Replacement:
     since the converter makes it an int8 FULLY_CONNECTED/BATCH_MATMUL weight."""
     op = match["op"]
     bits = cfg.weight_bits if keras_op_name(op) in WEIGHT_OPERAND_OPS else None
-    return Replacement([KerasOpLayer(clone_layer(op), constant_bits=bits, name=_layer_name(op))], TRACKED)
+    layer = KerasOpLayer(clone_layer(op), constant_bits=bits, name=_layer_name(op))
+    return Replacement([layer], TRACKED)
 
 
 def build_clip(match, cfg) -> Replacement:
