@@ -30,11 +30,13 @@ ACTIVATIONS = ("relu", "relu6", "leaky_relu", "hard_swish", "swish", "sigmoid", 
 FUSABLE = (None, "relu", "relu6")
 # One input, any shape; the spatial ops check the size themselves.
 UNARY = ("conv", "dwconv", "sepconv", "tconv", "bn", "act", "maxpool", "avgpool", "gap",
-         "upsample", "zeropad", "dropout", "se", "dead", "nested", "sequential")
-BINARY = ("add", "subtract", "multiply", "concat", "maximum", "minimum")
+         "upsample", "zeropad", "dropout", "se", "dead", "nested", "sequential", "kop")
+BINARY = ("add", "subtract", "multiply", "concat", "maximum", "minimum", "op_concat")
 # Drawn in place of the key kind (a second draw): new kinds in their own draw keep
 # the cases drawn before they were added (the fast profile's graphs) mostly as they were.
 VARIANTS = {"act": ("act", "prelu"), "multiply": ("multiply", "maximum", "minimum")}
+# Keras ops on the Functional graph ("kop" picks one; "op_concat" is keras.ops.concatenate).
+KERAS_OPS = ("transpose", "slice", "reshape", "mean")
 MAX_SPATIAL = 16
 
 
@@ -94,7 +96,10 @@ def _out_shape(kind, params, shapes):
         return (h, w, p["filters"])
     if kind in ("add", "subtract", "multiply", "maximum", "minimum"):
         return shapes[0] if all(s == shapes[0] for s in shapes) else None
-    if kind == "concat":
+    if kind == "kop":
+        return {"transpose": (w, h, c), "reshape": (w, h, c), "slice": (-(-h // 2), w, c),
+                "mean": (1, w, c)}[p["op"]]
+    if kind in ("concat", "op_concat"):
         if any(s[:2] != shapes[0][:2] for s in shapes):
             return None
         return (h, w, sum(s[2] for s in shapes))
@@ -136,6 +141,8 @@ def _op_params(draw, kind, shape):
         p["relu_after"] = draw(st.sampled_from(FUSABLE))
     if kind == "prelu":
         p["shared_axes"] = draw(st.sampled_from((None, (1, 2))))
+    if kind == "kop":
+        p["op"] = draw(st.sampled_from(KERAS_OPS))
     if kind == "se":
         p["squeeze"] = draw(st.sampled_from((2, 4)))
     return tuple(sorted(p.items()))
@@ -157,12 +164,12 @@ def cases(draw, max_ops=10):
         first = len(shapes) - 1 - back
         inputs = [first]
         if kind in BINARY:
-            if kind == "concat":
+            if kind in ("concat", "op_concat"):
                 fits = [i for i, s in enumerate(shapes) if s[:2] == shapes[first][:2]]
             else:
                 fits = [i for i, s in enumerate(shapes) if s == shapes[first]]
             inputs.append(draw(st.sampled_from(fits)))  # may be `first` itself: x (+) x
-            if kind == "concat" and draw(st.booleans()):
+            if kind in ("concat", "op_concat") and draw(st.booleans()):
                 inputs.append(draw(st.sampled_from(fits)))
         params = draw(_op_params(kind, shapes[first]))
         out = _out_shape(kind, params, [shapes[i] for i in inputs])
@@ -282,7 +289,20 @@ def _squeeze_excite(x, op, index):
     return L.Multiply(name=f"se{index}_excite")([x, se])
 
 
+def _keras_op(x, op):
+    kind = op.param("op")
+    if kind == "transpose":
+        return keras.ops.transpose(x, (0, 2, 1, 3))
+    if kind == "reshape":
+        return keras.ops.reshape(x, (-1, x.shape[2], x.shape[1], x.shape[3]))
+    if kind == "slice":
+        return x[:, ::2]
+    return keras.ops.mean(x, axis=1, keepdims=True)
+
+
 def _merge(op, index, tensors):
+    if op.kind == "op_concat":
+        return keras.ops.concatenate(tensors, axis=-1)
     name = f"{op.kind}{index}"
     layer = {"add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply,
              "concat": L.Concatenate, "maximum": L.Maximum,
@@ -307,7 +327,8 @@ def build_model(case: FuzzCase) -> keras.Model:
     """The float model of `case`, with random weights and non-trivial BN statistics."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(case.seed)
-    if case.sequential and case.is_chain() and not any(op.kind == "se" for op in case.ops):
+    if case.sequential and case.is_chain() and not any(
+            op.kind in ("se", "kop", "op_concat") for op in case.ops):
         layers = [keras.Input(case.input_shape, name="x")]
         shape = case.input_shape
         for index, op in enumerate(case.ops):
@@ -324,6 +345,8 @@ def build_model(case: FuzzCase) -> keras.Model:
                 out = _merge(op, index, ins)
             elif op.kind == "se":
                 out = _squeeze_excite(ins[0], op, index)
+            elif op.kind == "kop":
+                out = _keras_op(ins[0], op)
             else:
                 out = ins[0]
                 for layer in _unary_layers(op, index, tuple(out.shape[1:])):

@@ -49,7 +49,8 @@ def test_rule_table_order_and_names():
         "group_normalization", "unit_normalization",
         "multi_head_attention", "einsum_dense_relu", "embedding", "position_embedding",
         "recurrent", "time_distributed_linear", "inference_identity", "random_crop",
-        "layer_scale"]
+        "layer_scale", "keras_op_scale_preserving", "keras_op_own_scale", "keras_op_tied",
+        "keras_op_clip", "keras_op_concatenation"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
     assert [s.optional for s in fused.pattern] == [False, True, True]

@@ -27,6 +27,7 @@ from tfqat.nn.quantizers import ActivationQuantizer, bypass_quantizers
 from tfqat.nn.attention import QuantMultiHeadAttention
 from tfqat.nn.composite import CompositeQuantLayer
 from tfqat.nn.embedding import QuantEmbedding
+from tfqat.nn.keras_op import KerasOpLayer
 from tfqat.nn.normalization import QuantLayerNormalization
 from tfqat.rewrite.quantize import UnsupportedLayerError, quantize_model
 from tfqat.rewrite.record import QATModel, QuantizationRecord, record_of
@@ -42,7 +43,7 @@ __all__ = [
     "ActivationQuantizer", "CompositeQuantLayer", "ExportError", "FusedQuantLayer", "GraphError", "LayerQuantConfig",
     "NotIntegerOnlyError", "OpFidelity", "QuantActivation", "QuantBatchNormalization",
     "QuantConfig", "QuantConv1D", "QuantConv2D", "QuantConv2DTranspose", "QuantDense",
-    "QuantDepthwiseConv2D", "QuantEmbedding", "QuantLayerNormalization",
+    "KerasOpLayer", "QuantDepthwiseConv2D", "QuantEmbedding", "QuantLayerNormalization",
     "QuantMultiHeadAttention", "QuantRescaling", "TFLiteReport", "UnsupportedLayerError",
     "evaluate_int8", "export_tflite", "inspect_tflite", "op_fidelity", "quantize_model",
     "OutputQuant", "QATModel", "QuantRegistry", "QuantWrapper", "QuantizationRecord",

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 from keras import tree
 from keras.src.models.functional import Functional  # the base of tfqat's QATModel
+from keras.src.ops import numpy as numpy_ops  # the Keras op classes (keras.ops.minimum's Minimum)
 
 
 class GraphError(ValueError):
@@ -334,3 +335,14 @@ def defined_in_keras(layer, package: str) -> bool:
 def attention_output_shape(layer):
     """A MultiHeadAttention's `output_shape` argument (Keras keeps it only privately)."""
     return layer._output_shape
+
+
+def numpy_op(name: str, **config):
+    """A new Keras numpy op of class `name` (keras.ops.minimum's is "Minimum"), made with
+    `config`: for a rule that replaces an op by others.
+
+    Example:
+      >>> numpy_op("Minimum")(keras.ops.ones((2,)), 0.5)
+      <tf.Tensor: shape=(2,), dtype=float32, numpy=array([0.5, 0.5], dtype=float32)>
+    """
+    return getattr(numpy_ops, name)(**config)

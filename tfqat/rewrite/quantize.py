@@ -120,7 +120,7 @@ class _Rebuilder:
         for index, node in enumerate(graph.nodes):
             if config.is_excluded(node.layer):
                 continue
-            if type(node.layer) is keras.layers.Concatenate:
+            if rules_lib.is_concatenation(node.layer):
                 self.concat_output[node.outputs[0]] = index
                 for tid in node.inputs:
                     self.concat_claim.setdefault(tid, index)
@@ -224,11 +224,13 @@ class _Rebuilder:
             for inner in getattr(layer, "inner_quantizers", ()):
                 self.record.add_quantizer(inner.name, inner.fixed_range is not None, None,
                                           owner=layer.name)
-        (out,) = last.outputs
-        self.values[out] = value
+        # One output, or several (keras.ops.split): each gets the replacement's policy.
+        values = keras.tree.flatten(value) if len(last.outputs) > 1 else [value]
+        for out, output_value in zip(last.outputs, values):
+            self.values[out] = output_value
+            policy, quantizer = self._set_output_scale(out, output_value, replacement, cfg, first)
         float_layers = list(dict.fromkeys(node.float_name for node in nodes))
         qat_layers = [layer.name for layer in replacement.layers]
-        policy, quantizer = self._set_output_scale(out, value, replacement, cfg, first)
         self.record.add_decision(float_layers, rule.name, qat_layers, policy,
                                  quantizer.name if quantizer is not None else None)
 
@@ -332,7 +334,7 @@ class _Rebuilder:
 
     def _made_by_concatenate(self, tid):
         producer = self.graph.producer(tid)
-        return producer is not None and type(producer.layer) is keras.layers.Concatenate
+        return producer is not None and rules_lib.is_concatenation(producer.layer)
 
     def _made_by_excluded(self, tid):
         return any(tid in node.outputs and self.config.is_excluded(node.layer)
@@ -428,20 +430,29 @@ _REFUSALS = ((rules_lib.divides_by_tensor, _division_message),
              (rules_lib.attention.uses_unsupported_attention_call,
               rules_lib.attention.unsupported_attention_call_message),
              (rules_lib.recurrent.uses_unsupported_recurrent_call,
-              rules_lib.recurrent.unsupported_recurrent_call_message))
+              rules_lib.recurrent.unsupported_recurrent_call_message),
+             (rules_lib.keras_ops.clip_fuses_as_activation,
+              rules_lib.keras_ops.clip_refusal_message))
 
 
 # What to use instead of a layer that has no int8 form, where there is a simple answer.
-_REPLACEMENT_HINTS = {}
+_REPLACEMENT_HINTS = {
+    keras.layers.Lambda: "A Lambda runs Python that tfqat cannot see into: wrap the computation "
+                         "in keras.ops calls on the Functional graph instead of a Lambda (tfqat "
+                         "quantizes slicing, transpose, reshape, mean, matmul, concatenate and "
+                         "the other ops listed in docs/design.md), or exclude it. ",
+}
 
 
 def _unsupported_message(node) -> str:
     layer = node.layer
     kind = type(layer).__name__
     what = "layer" if isinstance(layer, keras.layers.Layer) else "Keras op"
+    hint = _REPLACEMENT_HINTS.get(
+        type(layer), "" if what == "layer" else rules_lib.keras_ops.SUPPORTED_HINT)
     return (
         f"Cannot quantize {what} '{layer.name}' ({kind}): no tfqat rewrite rule handles it. "
-        f"{_REPLACEMENT_HINTS.get(type(layer), '')}"
+        f"{hint}"
         f"Either leave it in float with QuantConfig(exclude=('{layer.name}',)) (export_tflite "
         f"then refuses the model unless called with allow_float_ops=True, which makes a hybrid "
         f"model), replace it with supported layers, or set it per layer with "

@@ -12,8 +12,8 @@ The rule types live in `base`; the rules themselves are grouped by family:
 from __future__ import annotations
 
 from tfqat.rewrite.rules import (activations, applications, attention, einsum, embedding,
-                                 inference_only, linear, merges, normalization, pooling,
-                                 preprocessing, recurrent)
+                                 inference_only, keras_ops, linear, merges, normalization,
+                                 pooling, preprocessing, recurrent)
 from tfqat.rewrite.rules.activations import (activation_kind, build_decomposed_activation,
                                              build_fixed_range, has_fixed_range,
                                              is_decomposed_activation, is_fusable_relu,
@@ -30,12 +30,14 @@ from tfqat.rewrite.rules.merges import (DIVISION_OPS, divides_by_tensor, is_merg
                                         merges_more_than_two)
 from tfqat.rewrite.rules.pooling import (is_global_average_pool, is_resize, is_same_scale_op,
                                          is_scale_preserving)
+from tfqat.rewrite.rules.keras_ops import is_concatenation
 from tfqat.rewrite.rules.preprocessing import build_channel_affine, is_channel_affine
-__all__ = ["DIVISION_OPS", "INPUT_SCALE", "OutputQuant", "RULES", "SCALE_PRESERVING", "TRACKED", "activation_kind", "activations", "applications", "attention", "einsum", "build_channel_affine", "build_decomposed_activation", "build_fused_linear", "build_separable", "divides_by_tensor", "embedding", "inference_only", "is_channel_affine", "is_global_average_pool", "is_merge", "is_resize", "is_same_scale_op", "linear", "merges", "normalization", "pooling", "preprocessing", "recurrent"]
+__all__ = ["DIVISION_OPS", "INPUT_SCALE", "OutputQuant", "RULES", "SCALE_PRESERVING", "TRACKED", "activation_kind", "activations", "applications", "attention", "einsum", "build_channel_affine", "build_decomposed_activation", "build_fused_linear", "build_separable", "divides_by_tensor", "embedding", "inference_only", "is_channel_affine", "is_concatenation", "keras_ops", "is_global_average_pool", "is_merge", "is_resize", "is_same_scale_op", "linear", "merges", "normalization", "pooling", "preprocessing", "recurrent"]
 
 # The default table, in matching order: fused linear blocks first, so that a BN or ReLU
 # after a conv is folded into it rather than matched on its own.
 RULES = (*linear.RULES, *preprocessing.RULES, *merges.RULES, *pooling.GLOBAL_POOL_RULES,
          *activations.RULES, *pooling.SHAPE_RULES, *normalization.RULES,
-         *attention.RULES, *einsum.RULES, *embedding.RULES, *recurrent.RULES, *inference_only.RULES, *applications.RULES)
+         *attention.RULES, *einsum.RULES, *embedding.RULES, *recurrent.RULES, *inference_only.RULES, *applications.RULES,
+         *keras_ops.RULES)
 
