@@ -97,3 +97,24 @@ def test_runner_fidelity_and_compare_take_several_inputs_and_outputs():
     diff = tfqat.compare_tflite(qat, flatbuffer, (xa, xb), labels=[np.zeros(32), np.zeros(32)])
     assert len(diff.summary) == 2 and diff.summary[0].num_examples == 32
     assert "output 1:" in str(diff)
+
+
+def test_a_list_of_inputs_follows_the_keras_order_not_the_files():
+    # The .tflite's signature sorts inputs by name ("alpha" before "zeta"); export_tflite
+    # records Keras's order, so a list means what it means to model.predict.
+    zeta, alpha = keras.Input((4,), name="zeta"), keras.Input((6,), name="alpha")
+    merged = keras.layers.Concatenate()([keras.layers.Dense(3)(zeta), keras.layers.Dense(3)(alpha)])
+    model = keras.Model([zeta, alpha], keras.layers.Dense(2)(merged))
+    rng = np.random.default_rng(1)
+    xz, xa = rng.random((16, 4), np.float32), rng.random((16, 6), np.float32)
+    qat = tfqat.quantize_model(model)
+    tfqat.calibrate(qat, [xz, xa])
+    flatbuffer = tfqat.export_tflite(qat)
+    from tfqat.diagnostics.evaluation import run_tflite
+    from tfqat.export.reader import read_tflite
+
+    assert read_tflite(flatbuffer).input_names == ["zeta", "alpha"]
+    by_list = run_tflite(flatbuffer, [xz, xa])
+    np.testing.assert_array_equal(by_list.raw, run_tflite(flatbuffer, {"alpha": xa, "zeta": xz}).raw)
+    expected = qat.predict([xz, xa], verbose=0)
+    assert np.abs(by_list.dequantized - expected).max() <= 1.0 * by_list.scale + 1e-6

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import re
 
@@ -37,6 +38,8 @@ INTEGER_DTYPES = ("int8", "int32")
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
 # Metadata entry that export_tflite(..., allow_float_ops=True) adds to the .tflite.
 FLOAT_OPS_ALLOWED_METADATA = "tfqat_allow_float_ops"
+# JSON list of the Keras model's input names in its order (written for several inputs).
+INPUT_ORDER_METADATA = "tfqat_input_order"
 _FILE_IDENTIFIER = b"TFL3"
 
 # Kernel sets of `load_interpreter`. "builtin" runs the model's own ops with
@@ -144,10 +147,12 @@ class TFLiteModel:
     tensors: {index: TensorInfo}, with the shapes stored in the file.
     ops: OpInfo in execution order. inputs, outputs: TensorInfo of the model's, in
       the Keras model's order (the converter reorders outputs; its serving signature
-      keeps the Keras order, and that order is used where the file has one).
+      keeps the Keras order of outputs, and export_tflite records the order of
+      several inputs).
     metadata: {name: bytes} of the flatbuffer's metadata entries.
-    input_names: the Keras input names, in `inputs` order (from the signature; else
-      the tensor names).
+    input_names: the input names, in `inputs` order: the Keras model's order where
+      export_tflite recorded it (several inputs), else the signature's (sorted by
+      name), else the tensor names.
     constants: {tensor index: np.ndarray} of the tensors stored with data in the
       file (weights, biases, shapes, axes), in the tensor's dtype and shape.
     """
@@ -329,10 +334,25 @@ def read_tflite(model) -> TFLiteModel:
         for op, (code, op_options) in zip(ops, options):
             if code == op.name:
                 op.options = op_options
+    metadata = read_metadata(content)
+    names, inputs = _keras_input_order(names, inputs, metadata)
     return TFLiteModel(
         content=content, tensors=tensors, ops=ops,
         inputs=[tensors[i] for i in inputs], outputs=[tensors[i] for i in outputs],
-        metadata=read_metadata(content), input_names=names, constants=constants)
+        metadata=metadata, input_names=names, constants=constants)
+
+
+def _keras_input_order(names, indices, metadata):
+    """(names, indices) in the Keras model's input order where export_tflite recorded it;
+    the serving signature itself lists inputs sorted by name."""
+    recorded = metadata.get(INPUT_ORDER_METADATA)
+    if recorded is None:
+        return names, indices
+    order = json.loads(recorded.decode())
+    if sorted(order) != sorted(names):
+        return names, indices
+    position = dict(zip(names, indices))
+    return order, [position[name] for name in order]
 
 
 def _enum_names(enum_class) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 
 import tensorflow as tf
@@ -10,7 +12,8 @@ from tfqat.nn.activations import QuantActivation
 from tfqat.config import EXPORT_MAX_BITS
 from tfqat.files import atomic_write_bytes
 from tfqat.logs import quiet_native_output
-from tfqat.export.reader import FLOAT_OPS_ALLOWED_METADATA, add_metadata, inspect_tflite
+from tfqat.export.reader import (FLOAT_OPS_ALLOWED_METADATA, INPUT_ORDER_METADATA, add_metadata,
+                                 inspect_tflite)
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.record import find_quantizer, record_of
@@ -62,6 +65,10 @@ def export_tflite(qat_model, path=None, allow_float_ops: bool = False) -> bytes:
     except Exception as err:  # the converter raises several private error types
         raise ExportError(f"The TFLite converter failed on model '{qat_model.name}': "
                           f"{_first_line(err)}") from err
+    if len(qat_model.inputs) > 1:
+        # The file's signature lists inputs by name; lists of inputs follow Keras's order.
+        names = [tensor.name for tensor in qat_model.inputs]
+        flatbuffer = add_metadata(flatbuffer, INPUT_ORDER_METADATA, json.dumps(names).encode())
     if allow_float_ops:
         flatbuffer = _mark_float_ops_allowed(flatbuffer)
     else:
