@@ -8,6 +8,7 @@ max output difference in output LSBs.
 
     python bench/coverage.py                     # all models -> docs/coverage.md
     python bench/coverage.py --models ResNet50V2 --output /tmp/one.md
+    python bench/coverage.py --update --models VGG16   # re-measure one row, keep the others
 
 tests/test_coverage.py runs `measure` for every model and checks its row in
 docs/coverage.md.
@@ -214,7 +215,10 @@ COLUMNS = ("model", "input", "params", "fused conv-BN", "fake quants (act / weig
            "op-by-op max diff (LSB)", "quantize s", "train s", "export s")
 
 
-def _cells(row: CoverageRow) -> list:
+def _cells(row) -> list:
+    """The table cells of a CoverageRow, or of a row parsed back by parse_table (a dict)."""
+    if isinstance(row, dict):
+        return [row[column] for column in COLUMNS]
     return [
         row.model, "x".join(map(str, row.input_shape)), f"{row.params:,}", str(row.fused_conv_bn),
         f"{row.activation_fake_quants} / {row.weight_fake_quants}",
@@ -226,6 +230,8 @@ def _cells(row: CoverageRow) -> list:
 
 def render(rows, command="python bench/coverage.py") -> str:
     """docs/coverage.md: a header, one table row per model, and how the figures were made.
+
+    rows: CoverageRows, or rows parsed from a table (parse_table's dicts), in table order.
 
     Example:
       >>> row, _, _ = measure("MobileNet")
@@ -289,20 +295,40 @@ def parse_table(text: str) -> dict:
     return rows
 
 
+def merge_rows(table: dict, rows) -> list:
+    """The rows of `table` (parse_table's dicts) with `rows` (CoverageRows) put in: a measured
+    row replaces the table's row of its model, the others are kept; in the order of SPECS.
+
+    Example:
+      >>> row, _, _ = measure("VGG16")
+      >>> merged = merge_rows(parse_table(DOC.read_text()), [row])
+      >>> DOC.write_text(render(merged))
+    """
+    by_model = {**table, **{row.model: row for row in rows}}
+    return [by_model[spec.name] for spec in SPECS if spec.name in by_model]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=[s.name for s in SPECS],
                         choices=[s.name for s in SPECS], metavar="MODEL")
     parser.add_argument("--output", type=pathlib.Path, default=DOC)
+    parser.add_argument("--update", action="store_true",
+                        help="measure only --models and merge their rows into the existing "
+                             "table at --output (the other rows are kept, in SPECS order)")
     args = parser.parse_args(argv)
+    if args.update and not args.output.exists():
+        parser.error(f"--update: {args.output} does not exist")
+    table = parse_table(args.output.read_text()) if args.update else {}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models:
         row, _, _ = measure(name)
         print(" | ".join(_cells(row)), flush=True)
         rows.append(row)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(rows))
-    print(f"wrote {args.output}")
+        # Written after each model, so a long run keeps the rows it has measured.
+        args.output.write_text(render(merge_rows(table, rows)))
+        print(f"wrote {args.output}", flush=True)
     return 0 if all(r.integer_only and r.int8_io for r in rows) else 1
 
 

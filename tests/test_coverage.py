@@ -47,16 +47,37 @@ def test_nasnet_row_is_within_one_lsb_op_by_op():
     assert TABLE["NASNetMobile"]["op-by-op max diff (LSB)"].startswith("1 (")
 
 
-def test_table_rendering_round_trips():
-    row = coverage.CoverageRow(
-        model="MobileNet", input_shape=(32, 32, 3), params=1234, fused_conv_bn=3,
+def made_up_row(model="MobileNet", params=1234):
+    return coverage.CoverageRow(
+        model=model, input_shape=(32, 32, 3), params=params, fused_conv_bn=3,
         activation_fake_quants=7, weight_fake_quants=4, integer_only=True, int8_io=True,
         tflite_bytes=4096, agreement=0.5, mean_diff_lsb=1.234, max_diff_lsb=9.0,
         op_max_diff_lsb=1.0, ops_compared=6, ops_total=6, train_loss=2.3,
         quantize_s=1.0, train_s=2.0, export_s=3.0)
-    cells = coverage.parse_table(coverage.render([row]))["MobileNet"]
+
+
+def test_table_rendering_round_trips():
+    cells = coverage.parse_table(coverage.render([made_up_row()]))["MobileNet"]
     assert cells["params"] == "1,234" and cells["fake quants (act / weight)"] == "7 / 4"
     assert cells["integer-only"] == "yes" and cells["op-by-op max diff (LSB)"] == "1 (6 of 6)"
+
+
+def test_update_replaces_measured_rows_keeps_the_others_in_specs_order(tmp_path):
+    order = [spec.name for spec in coverage.SPECS]
+    first, middle, last = order[0], order[len(order) // 2], order[-1]
+    old = coverage.render([made_up_row(first, 1), made_up_row(last, 3)])
+    table = coverage.parse_table(old)
+    merged = coverage.merge_rows(table, [made_up_row(last, 30), made_up_row(middle, 20)])
+    text = coverage.render(merged)
+    rows = coverage.parse_table(text)
+    assert list(rows) == [first, middle, last]
+    assert [rows[m]["params"] for m in (first, middle, last)] == ["1", "20", "30"]
+    assert text.splitlines()[:8] == old.splitlines()[:8]  # the same header and columns
+    # The kept row is the table's line, cell for cell.
+    assert rows[first] == table[first]
+    # A full render with no table keeps SPECS order too, whatever the measuring order.
+    assert list(coverage.parse_table(coverage.render(coverage.merge_rows(
+        {}, [made_up_row(last), made_up_row(first)])))) == [first, last]
 
 
 @pytest.mark.slow
