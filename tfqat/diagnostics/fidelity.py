@@ -110,6 +110,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     # Layers with inner int8 tensors (tfqat.nn.composite) replay the .tflite's inner tensors,
     # so each inner op and the last one are compared on their own.
     replays = {}
+    fused_inner = []
     for layer in qat_model.layers:
         if isinstance(layer, CompositeQuantLayer):
             inner = tensors.inner_values(layer)
@@ -117,6 +118,9 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
                 unmatched_inner.extend(name for _, name in layer.inner_tensors)
             else:
                 replays[layer.name] = {"expected": inner, "computed": None}
+                # An inner op the converter removed (ConvNeXt's MUL by an all-ones gamma) has
+                # no tensor: the next inner tensor is computed through it.
+                fused_inner.extend(name for _, name in layer.inner_tensors if name not in inner)
 
     def replaying(operation, args, kwargs):
         replay = replays.get(getattr(operation, "name", None))
@@ -144,7 +148,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if located[id(output)] not in (None, AMBIGUOUS):
             _mark_passed(output, located, covered)
 
-    diffs, unmatched, fused = [], list(unmatched_inner), []
+    diffs, unmatched, fused = [], list(unmatched_inner), list(fused_inner)
     for name, quantizer, call_input, output in quantizer_calls:
         if graph.is_model_input(call_input):
             continue  # the .tflite's input is this tensor: nothing computes it
@@ -271,8 +275,8 @@ class _TFLiteTensors:
         """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
 
         Each inner tensor is the last int8 tensor written (not by a QUANTIZE) in the name
-        scope of its tag inside the layer's scope (tfqat.nn.composite). None when one of them
-        is missing.
+        scope of its tag inside the layer's scope (tfqat.nn.composite). A tag with no tensor
+        there is left out (the converter removed its op); None when none is found.
         """
         in_scope = [t for t in self.by_layer.get(layer.name, [])
                     if t.index in self.producer and self.producer[t.index][1] != "QUANTIZE"]
@@ -280,11 +284,11 @@ class _TFLiteTensors:
         for tag, name in layer.inner_tensors:
             found = [t.index for t in in_scope if tag in t.name.split(";")[0].split("/")[:-1]]
             if not found:
-                return None
+                continue
             index = max(found, key=lambda i: self.producer[i][0])
             values[name] = (read_dequantized(self.interpreter, self.int8[index]),
                             self.int8[index].scale)
-        return values
+        return values or None
 
     def locate(self, quantizer_calls, batch) -> dict:
         """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}."""
