@@ -49,7 +49,7 @@ def test_rule_table_order_and_names():
         "group_normalization", "unit_normalization",
         "multi_head_attention", "einsum_dense_relu", "embedding", "position_embedding",
         "recurrent", "time_distributed_linear", "inference_identity", "random_crop",
-        "layer_scale", "keras_op_scale_preserving", "keras_op_own_scale", "keras_op_tied",
+        "layer_scale", "custom_scale", "keras_op_scale_preserving", "keras_op_own_scale", "keras_op_tied",
         "keras_op_clip", "keras_op_concatenation"]
     fused = rules.RULES[0]
     assert [s.name for s in fused.pattern] == ["linear", "bn", "relu"]
@@ -231,3 +231,23 @@ def test_clone_builders_copy_layers_and_weights():
                                       LayerQuantConfig())
     assert [l.name for l in replacement.layers] == ["a", "r"]
     assert all(new is not old for new, old in zip(replacement.layers, [add]))
+
+
+def test_custom_scale_rule_matches_inception_resnets_layer_and_builds_mul_add():
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    from tfqat.nn.residual import QuantScaledAdd
+
+    custom = CustomScaleLayer(0.1, name="block17_3")
+    assert rules.applications.is_custom_scale(custom)
+    assert not rules.applications.is_custom_scale(keras.layers.Add())
+    cfg = LayerQuantConfig(weight_bits=6, activation_bits=7)
+    relu = keras.layers.Activation("relu", name="block17_3_ac")
+    replacement = rules.applications.build_custom_scale({"scale": custom, "relu": relu}, cfg)
+    scaled, tail = replacement.layers
+    assert isinstance(scaled, QuantScaledAdd) and scaled.name == "block17_3"
+    assert (scaled.scale, scaled.weight_bits, scaled.activation_bits) == (0.1, 6, 7)
+    assert type(tail) is keras.layers.Activation and tail.name == "block17_3_ac"
+    assert replacement.output == rules.TRACKED
+    (alone,) = rules.applications.build_custom_scale({"scale": custom, "relu": None}, cfg).layers
+    assert isinstance(alone, QuantScaledAdd)

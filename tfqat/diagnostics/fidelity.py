@@ -111,6 +111,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
     # so each inner op and the last one are compared on their own. Found first: a tensor that
     # is a composite's inner tensor is not the output of a quantizer after it.
     replays = {}
+    fused_inner = []
     for layer in qat_model.layers:
         if isinstance(layer, CompositeQuantLayer):
             inner = tensors.inner_values(layer)
@@ -118,6 +119,9 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
                 unmatched_inner.extend(name for _, name in layer.inner_tensors)
             else:
                 replays[layer.name] = {"expected": inner, "computed": None}
+                # An inner op the converter removed (ConvNeXt's MUL by an all-ones gamma) has
+                # no tensor: the next inner tensor is computed through it.
+                fused_inner.extend(name for _, name in layer.inner_tensors if name not in inner)
     located = tensors.locate(quantizer_calls, count)  # id(output) -> index | None | AMBIGUOUS
 
     def replaying(operation, args, kwargs):
@@ -146,7 +150,7 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
         if located[id(output)] not in (None, AMBIGUOUS):
             _mark_passed(output, located, covered)
 
-    diffs, unmatched, fused = [], list(unmatched_inner), []
+    diffs, unmatched, fused = [], list(unmatched_inner), list(fused_inner)
     for name, quantizer, call_input, output in quantizer_calls:
         if graph.is_model_input(call_input):
             continue  # the .tflite's input is this tensor: nothing computes it
@@ -278,8 +282,8 @@ class _TFLiteTensors:
         """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
 
         Each inner tensor is the last int8 tensor written (not by a QUANTIZE) in the name
-        scope of its tag inside the layer's scope (tfqat.nn.composite). None when one of them
-        is missing.
+        scope of its tag inside the layer's scope (tfqat.nn.composite). A tag with no tensor
+        there is left out (the converter removed its op); None when none is found.
         """
         in_scope = [t for t in self.by_layer.get(layer.name, [])
                     if t.index in self.producer and self.producer[t.index][1] != "QUANTIZE"]
@@ -287,12 +291,12 @@ class _TFLiteTensors:
         for tag, name in layer.inner_tensors:
             found = [t.index for t in in_scope if tag in t.name.split(";")[0].split("/")[:-1]]
             if not found:
-                return None
+                continue
             index = max(found, key=lambda i: self.producer[i][0])
             self.inner_indices.add(index)
             values[name] = (read_dequantized(self.interpreter, self.int8[index]),
                             self.int8[index].scale)
-        return values
+        return values or None
 
     def locate(self, quantizer_calls, batch) -> dict:
         """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}."""
