@@ -188,6 +188,21 @@ def test_shrunk_max_pool_relu6_per_tensor_6_bit_dense_matches_op_by_op():
     run_case(case)
 
 
+def test_shrunk_squeeze_excite_per_channel_6_bit_conv_matches_op_by_op():
+    # Found by the fuzzer (long profile, seed 1211): the squeeze-excite expand conv was 2 LSB
+    # off op by op, as the converter re-gridded its 6-bit per-channel weights to 127 levels;
+    # they now go to the converter as int8 on the 6-bit grid.
+    depthwise = graph_fuzz.OpSpec("dwconv", (0,), (
+        ("activation", None), ("bn", False), ("depth_multiplier", 1), ("kernel_size", 1),
+        ("use_bias", False)))
+    squeeze_excite = graph_fuzz.OpSpec("se", (1,), (("squeeze", 4),))
+    case = graph_fuzz.FuzzCase(
+        (8, 8, 3), (depthwise, squeeze_excite), "none", True,
+        dict(per_channel=True, weight_bits=6, activation_bits=8, quant_delay=0,
+             bn_freeze_delay=None), fit_steps=1, calibration="minmax", seed=1211)
+    run_case(case)
+
+
 def survey(max_examples, log=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported", "kind8" or the failure's first line.
