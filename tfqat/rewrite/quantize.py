@@ -52,8 +52,9 @@ def quantize_model(model, config: QuantConfig | None = None, registry=None):
     keras.config.set_dtype_policy("float32")
     try:
         _split_activations(graph, config)
+        duplicates = _merge_duplicate_calls(graph, config)
         rules = registry.rules if registry is not None else rules_lib.RULES
-        return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+        return _Rebuilder(graph, config, rules, duplicates).build(name=f"{model.name}_qat")
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -79,9 +80,65 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
     graph.nodes = new_nodes
 
 
+# Weightless, deterministic layers that the converter computes once when several calls read
+# the same tensors with the same config (its common-subexpression elimination).
+_MERGEABLE = (
+    keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+    keras.layers.Softmax, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.UpSampling2D,
+    keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute, keras.layers.Add,
+    keras.layers.Subtract, keras.layers.Multiply, keras.layers.Concatenate)
+
+
+def _merge_duplicate_calls(graph: Graph, config: QuantConfig) -> dict:
+    """Merges calls of equal weightless layers on the same tensors into the first such call.
+
+    TF's converter computes such calls once (NASNet applies three ReLU layers to one
+    conv's output, and two equal average pools to one tensor), and then fuses a ReLU into
+    the conv when it is that conv's only reader. The QAT model must do the same: three
+    ReLUs with a fake quant each would keep a fake quant on the conv's output, rounding
+    twice where the .tflite rounds once (2 LSB). Returns {merged call's float layer name:
+    the node kept in its place}.
+    """
+    kept = {}  # (class, config, inputs, settings) -> node
+    alias = {}  # tensor id of a merged call's output -> the kept call's
+    outputs = set(graph.output_ids())
+    merged, nodes = {}, []
+    for node in graph.nodes:
+        if alias:
+            node.args = _rename_refs(node.args, alias)
+            node.kwargs = _rename_refs(node.kwargs, alias)
+        layer = node.layer
+        if type(layer) not in _MERGEABLE or config.is_excluded(layer) or \
+                any(tid in outputs for tid in node.outputs):
+            nodes.append(node)
+            continue
+        settings = {k: v for k, v in layer.get_config().items() if k != "name"}
+        key = (type(layer), repr(sorted(settings.items())), repr((node.args, node.kwargs)),
+               config.for_layer(node.config_name))
+        if key not in kept:
+            kept[key] = node
+            nodes.append(node)
+            continue
+        alias.update(zip(node.outputs, kept[key].outputs))
+        merged[node.float_name] = kept[key]
+    graph.nodes = nodes
+    return merged
+
+
+def _rename_refs(structure, alias):
+    return keras.tree.map_structure(
+        lambda leaf: TensorRef(alias.get(leaf.id, leaf.id)) if isinstance(leaf, TensorRef)
+        else leaf, structure)
+
+
 class _Rebuilder:
-    def __init__(self, graph: Graph, config: QuantConfig, rules):
+    def __init__(self, graph: Graph, config: QuantConfig, rules, duplicates=None):
         self.graph = graph
+        self.duplicates = duplicates or {}
         self.config = config
         self.rules = rules
         self.values = {}  # tensor id -> new KerasTensor
@@ -138,6 +195,8 @@ class _Rebuilder:
         outputs = [self.values[tid] if self._made_by_excluded(tid)
                    else self._quantized_value(tid, self.producer_config[tid])
                    for tid in self.graph.output_ids()]
+        for float_name, node in self.duplicates.items():
+            self.record.add_duplicate(float_name, node.float_name)
         structure = keras.tree.pack_sequence_as(self.graph.outputs, outputs)
         inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
         return QATModel(inputs, structure, name=name, quantization_record=self.record.build())
