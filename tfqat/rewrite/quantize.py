@@ -164,9 +164,8 @@ class _Rebuilder:
         # that would get a tracked range of its own is instead rounded to the scale of the
         # first Concatenate that reads it, and that Concatenate's output to the next one's:
         # one quantizer per tree of concatenations (a DenseNet dense block), tracking the
-        # root's output, which holds every member's values. Tensors at another scale (the
-        # output of a pool that keeps its input's scale, a fixed range, another group's)
-        # keep it and are requantized.
+        # root's output, which holds every member's values. Tensors at another scale (a
+        # fixed range, another group's) keep it and are requantized.
         self.concat_claim = {}  # tensor id -> index of the Concatenate whose scale it takes
         self.concat_output = {}  # output tensor id of a Concatenate -> its node index
         for index, node in enumerate(graph.nodes):
@@ -174,7 +173,23 @@ class _Rebuilder:
                 self.concat_output[node.outputs[0]] = index
                 for tid in node.inputs:
                     self.concat_claim.setdefault(tid, index)
+        # An op that keeps its input's scale (max pool, padding; average pool, bilinear
+        # resize) passes a claim on to its input when it is that input's only reader: the
+        # input is computed at the concatenation's scale. Else the op's output stays at its
+        # input's scale and the converter requantizes it (DenseNet121: 4 QUANTIZE ops, at the
+        # stem's conv -> padding -> max pool and each transition's conv -> average pool).
+        for node in reversed(graph.nodes):
+            layer = node.layer
+            if len(node.inputs) != 1 or len(node.outputs) != 1 or config.is_excluded(layer) or \
+                    not (rules_lib.is_scale_preserving(layer) or rules_lib.is_same_scale_op(layer)):
+                continue
+            (tid,) = node.inputs
+            claim = self.concat_claim.get(node.outputs[0])
+            if claim is not None and tid not in self.concat_claim and \
+                    self.consumer_count.get(tid) == 1 and graph.producer(tid) is not None:
+                self.concat_claim[tid] = claim
         self.group_quantizers = {}  # index of a root Concatenate -> its ActivationQuantizer
+        self.pending_groups = set()  # group quantizers whose tracking (root) call is still ahead
 
     def build(self, name):
         new_inputs = []
@@ -312,7 +327,8 @@ class _Rebuilder:
 
     def _tied(self, quantizer, value):
         self.record.add_tied_call(quantizer.name)
-        return quantizer(value, tied=True)
+        # A concatenation group's quantizer tracks its range at the root, later in the graph.
+        return quantizer(value, tied=True, ahead=quantizer.name in self.pending_groups)
 
     def _emit_float(self, node):
         layer = node.layer
@@ -391,8 +407,10 @@ class _Rebuilder:
                     quant_delay=root_cfg.quant_delay, name=self._unique(f"{root_node.layer.name}_fq"))
                 root_output = self.graph.nodes[root].outputs[0]
                 self.record.add_quantizer(quantizer.name, False, self._float_tensor(root_output))
+                self.pending_groups.add(quantizer.name)
             if tid in self.graph.nodes[root].outputs:
                 self.values[tid] = quantizer(raw)
+                self.pending_groups.discard(quantizer.name)
             else:  # a member computed before the root: rounded ahead of its tracking call
                 self.values[tid] = quantizer(raw, tied=True, ahead=True)
                 self.record.add_tied_call(quantizer.name)
