@@ -164,3 +164,21 @@ def test_equal_layers_on_one_tensor_are_one_int8_op_as_in_the_tflite():
     result = op_fidelity(qat, flatbuffer, x_data[:8])
     assert not result.unmatched and not result.fused, str(result)
     assert result.max_diff_lsb <= 1.0 + 1e-3, str(result)
+
+
+def test_concatenated_tensors_at_one_scale_are_told_apart_by_their_inputs():
+    """NASNetMobile (21 unmatched): a concatenation's inputs share its scale, so several
+    .tflite tensors have one quantization and size; two Keras-op adds have no layer scope to
+    tell them apart either. Each is the one computed from its own inputs' tensors."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    a, b, c, d = (L.Conv2D(4, 1, name=name)(inp) for name in "abcd")
+    x = L.Concatenate(name="cat")([a + b, c + d])
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(x)))
+    x_data = random_images(32, shape=(8, 8, 3))
+    qat, flatbuffer = _calibrated_export(model, x_data)
+    result = op_fidelity(qat, flatbuffer, x_data[:8])
+    assert not result.unmatched and result.num_checked == 8, str(result)
+    assert {"cat_fq", "cat_fq (call 2)"} <= {d.quantizer for d in result.diffs}
+    assert result.max_diff_lsb <= 1.0 + 1e-3, str(result)
