@@ -119,6 +119,61 @@ def test_float_ops_are_reported_with_their_layers():
     assert "CONV_2D" in str(error) and "float ops" in str(error)
 
 
+def test_not_integer_only_names_the_float_op_and_its_layer_first():
+    # Issue 14: the message began with "DEQUANTIZE ... from layers: conv1_fq" (the int8 tensor
+    # going into the float region) rather than the op that computes in float.
+    qat = tfqat.quantize_model(_wave_model(), tfqat.QuantConfig(exclude=("wave",)))
+    tfqat.calibrate(qat, np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32))
+    report = tfqat.inspect_tflite(tfqat.export_tflite(qat, allow_float_ops=True))
+    assert [op.name for op in report.float_ops] == ["DEQUANTIZE", "SIN", "QUANTIZE"]
+    error = _not_integer_only(qat, report)
+    message = str(error)
+    assert error.layer_names[0] == "wave", error.layer_names
+    assert re.search(r"float ops: SIN \(op \d+\) in layer wave \(converted to and from "
+                     r"int8 by DEQUANTIZE", message), message
+    assert message.index("SIN") < message.index("DEQUANTIZE") < message.index("QUANTIZE (op")
+
+
+class _MatmulLayer(keras.layers.Layer):
+    """A user layer whose kernel reaches TFLite's FULLY_CONNECTED through a transpose."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units))
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_a_converter_failure_names_the_keras_layer_and_what_to_change():
+    # Issue 14: converter errors came through as MLIR location lines ("loc(callsite(fused[...
+    # 'tfl.transpose' op has mismatched quantized axes"). Following the advice exports.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    model = keras.Model(inp, _MatmulLayer(3, name="tiny")(L.Dense(4, name="dense")(inp)))
+    registry = tfqat.QuantRegistry().register_spec(
+        _MatmulLayer, tfqat.QuantizeSpec(weights={"kernel": tfqat.WeightQuant()}))
+    x = np.random.default_rng(0).uniform(0, 1, (16, 8)).astype("float32")
+    qat = tfqat.quantize_model(model, registry=registry)
+    tfqat.calibrate(qat, x)
+    with pytest.raises(tfqat.ExportError) as info:
+        tfqat.export_tflite(qat)
+    message = str(info.value)
+    assert "at layer 'tiny': 'tfl.transpose' op has mismatched quantized axes" in message
+    assert "QuantConfig(overrides={'tiny': {'per_channel': False}})" in message
+    assert "loc(" not in message and "StatefulPartitionedCall" not in message
+    qat = tfqat.quantize_model(
+        model, tfqat.QuantConfig(overrides={"tiny": {"per_channel": False}}), registry=registry)
+    tfqat.calibrate(qat, x)
+    assert tfqat.inspect_tflite(tfqat.export_tflite(qat)).integer_only
+
+
 def test_tflite_predictions_match_the_qat_model(exported):
     qat, flatbuffer = exported
     x = random_images(16, seed=5)
