@@ -27,24 +27,12 @@ _spec.loader.exec_module(coverage)
 TABLE = coverage.parse_table(coverage.DOC.read_text()) if coverage.DOC.exists() else {}
 
 
-# Found in the last regeneration and not fixed yet (see the note on issue 14): op_fidelity's
-# quantization-based tensor matching leaves 21 NASNetMobile tensors unmatched (tied calls of
-# concatenation groups) and reports 2 LSB at three ReLUs that read one tensor.
-OP_BY_OP_OPEN = {"NASNetMobile": "op_fidelity: 2 LSB at ReLUs sharing an input, 21 unmatched"}
-
-
 def test_the_table_has_a_green_row_for_every_model():
     assert sorted(TABLE) == sorted(spec.name for spec in coverage.SPECS), (
         "regenerate docs/coverage.md with: python bench/coverage.py")
     for name, row in TABLE.items():
         assert row["integer-only"] == "yes", name
-        if name not in OP_BY_OP_OPEN:
-            assert row["op-by-op max diff (LSB)"].startswith("1 ("), name
-
-
-@pytest.mark.xfail(strict=True, reason=OP_BY_OP_OPEN["NASNetMobile"])
-def test_nasnet_row_is_within_one_lsb_op_by_op():
-    assert TABLE["NASNetMobile"]["op-by-op max diff (LSB)"].startswith("1 (")
+        assert row["op-by-op max diff (LSB)"].startswith("1 ("), name
 
 
 def test_table_rendering_round_trips():
@@ -60,9 +48,7 @@ def test_table_rendering_round_trips():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(spec.name, marks=pytest.mark.xfail(strict=False, reason=OP_BY_OP_OPEN[spec.name]))
-    if spec.name in OP_BY_OP_OPEN else spec.name for spec in coverage.SPECS])
+@pytest.mark.parametrize("name", [spec.name for spec in coverage.SPECS])
 def test_model_quantizes_trains_and_exports_integer_only(name):
     row, qat, flatbuffer = coverage.measure(name)
     report = tfqat.inspect_tflite(flatbuffer)
