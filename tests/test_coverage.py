@@ -28,12 +28,6 @@ _spec.loader.exec_module(coverage)
 TABLE = coverage.parse_table(coverage.DOC.read_text()) if coverage.DOC.exists() else {}
 
 
-# Found in the last regeneration and not fixed yet (see the note on issue 14): op_fidelity's
-# quantization-based tensor matching leaves 21 NASNetMobile tensors unmatched (tied calls of
-# concatenation groups) and reports 2 LSB at three ReLUs that read one tensor.
-OP_BY_OP_OPEN = {"NASNetMobile": "op_fidelity: 2 LSB at ReLUs sharing an input, 21 unmatched"}
-
-
 # Families with no BatchNormalization, so no fused conv-BN layer: VGG, and ConvNeXt (which
 # normalizes with LayerNormalization).
 WITHOUT_BATCHNORM = {"VGG16", "VGG19", "ConvNeXtTiny"}
@@ -44,13 +38,7 @@ def test_the_table_has_a_green_row_for_every_model():
         "regenerate docs/coverage.md with: python bench/coverage.py")
     for name, row in TABLE.items():
         assert row["integer-only"] == "yes", name
-        if name not in OP_BY_OP_OPEN:
-            assert row["op-by-op max diff (LSB)"].startswith("1 ("), name
-
-
-@pytest.mark.xfail(strict=True, reason=OP_BY_OP_OPEN["NASNetMobile"])
-def test_nasnet_row_is_within_one_lsb_op_by_op():
-    assert TABLE["NASNetMobile"]["op-by-op max diff (LSB)"].startswith("1 (")
+        assert row["op-by-op max diff (LSB)"].startswith("1 ("), name
 
 
 def made_up_row(model="MobileNet", params=1234):
@@ -99,9 +87,7 @@ def test_each_variant_left_out_of_ci_has_its_family_checked():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(spec.name, marks=pytest.mark.xfail(strict=False, reason=OP_BY_OP_OPEN[spec.name]))
-    if spec.name in OP_BY_OP_OPEN else spec.name for spec in CHECKED_IN_CI])
+@pytest.mark.parametrize("name", [spec.name for spec in CHECKED_IN_CI])
 def test_model_quantizes_trains_and_exports_integer_only(name):
     row, qat, flatbuffer = coverage.measure(name)
     report = tfqat.inspect_tflite(flatbuffer)

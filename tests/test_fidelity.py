@@ -149,4 +149,62 @@ def test_an_inner_op_the_converter_removes_is_fused_and_the_rest_replayed():
     checked = {d.quantizer for d in result.diffs}
     assert {"b_layernorm_mean_fq", "b_layernorm_rsqrt_fq", "c_layernorm_normalized_fq",
             "c_layernorm_fq"} <= checked, str(result)
+
+
+def _nasnet_like_cell():
+    """NASNet's pattern: one conv + BN read only by three equal ReLU layers, and two equal
+    pools on one tensor."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    p = L.BatchNormalization(name="adjust_bn")(L.Conv2D(8, 1, name="adjust_conv")(inp))
+    branches = [L.SeparableConv2D(8, 3, padding="same", name=f"sep{i}")(
+        L.Activation("relu", name=f"relu{i}")(p)) for i in range(3)]
+    h = L.Conv2D(8, 1, name="h_conv")(inp)
+    left = L.AveragePooling2D(3, 1, padding="same", name="left_pool")(h)
+    right = L.AveragePooling2D(3, 1, padding="same", name="right_pool")(h)
+    x = L.Concatenate(name="cell_concat")([*branches, L.Add(name="pools_add")([left, right])])
+    model = keras.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
+    # Mostly negative before the ReLUs: the conv's own scale would be several ReLU LSBs.
+    bn = model.get_layer("adjust_bn")
+    bn.gamma.assign(np.linspace(2.5, 3.5, 8).astype("float32"))
+    bn.beta.assign(np.linspace(-4.5, -3.5, 8).astype("float32"))
+    return model
+
+
+def test_equal_layers_on_one_tensor_are_one_int8_op_as_in_the_tflite():
+    """NASNetMobile: the converter computes equal ReLUs (and pools) on one tensor once and
+    fuses the ReLU into the conv; with a fake quant per ReLU the QAT model rounded the conv's
+    output too (2 LSB op by op), and the pools' tensors were unmatched."""
+    model = _nasnet_like_cell()
+    x_data = random_images(32, shape=(8, 8, 3))
+    qat, flatbuffer = _calibrated_export(model, x_data)
+    record = tfqat.record_of(qat)
+    duplicates = {d.float_layers[0]: d for d in record.decisions if d.rule == "duplicate"}
+    # Which call of each set is kept follows Keras's node order; the others are duplicates.
+    assert len(duplicates) == 3 and len(set(duplicates) & {"relu0", "relu1", "relu2"}) == 2
+    assert len(set(duplicates) & {"left_pool", "right_pool"}) == 1
+    relu = next(name for name in duplicates if name.startswith("relu"))
+    conv = next(d for d in record.decisions if "adjust_conv" in d.float_layers)
+    assert duplicates[relu].qat_layers == conv.qat_layers  # conv + BN + ReLU: one fused layer
+    result = op_fidelity(qat, flatbuffer, x_data[:8])
+    assert not result.unmatched and not result.fused, str(result)
+    assert result.max_diff_lsb <= 1.0 + 1e-3, str(result)
+
+
+def test_concatenated_tensors_at_one_scale_are_told_apart_by_their_inputs():
+    """NASNetMobile (21 unmatched): a concatenation's inputs share its scale, so several
+    .tflite tensors have one quantization and size; two Keras-op adds have no layer scope to
+    tell them apart either. Each is the one computed from its own inputs' tensors."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    a, b, c, d = (L.Conv2D(4, 1, name=name)(inp) for name in "abcd")
+    x = L.Concatenate(name="cat")([a + b, c + d])
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(x)))
+    x_data = random_images(32, shape=(8, 8, 3))
+    qat, flatbuffer = _calibrated_export(model, x_data)
+    result = op_fidelity(qat, flatbuffer, x_data[:8])
+    assert not result.unmatched and result.num_checked == 8, str(result)
+    assert {"cat_fq", "cat_fq (call 2)"} <= {d.quantizer for d in result.diffs}
     assert result.max_diff_lsb <= 1.0 + 1e-3, str(result)

@@ -10,9 +10,11 @@ by op; the QAT model's outputs lie on the .tflite's output grid.
 
 Derandomized (fixed seed, no example database), so CI reruns the same graphs.
 The fast profile runs in the default suite; the long one (TFQAT_FUZZ_EXAMPLES,
-500 by default) is marked slow.
+500 by default) is marked slow and split into chunks of its own seeds, so that
+pytest-xdist spreads them over CI's workers.
 """
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -21,26 +23,25 @@ import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 
 import tfqat
 from tfqat.diagnostics.evaluation import quantize_input
 from tfqat.export.reader import load_interpreter
 import graph_fuzz
 
-# A graph costs 3-6 s on 2 idle cores (the converter's share is 2-4 s), so the default suite
-# runs a few, and CI's slow suite the long profile: 120 graphs, about 8 minutes, to keep CI
-# within its time limit. TFQAT_FUZZ_EXAMPLES=500 runs the 500 the issue asks for (about 35
-# minutes).
+# A graph costs 3-6 s on one core (the converter's share is 2-4 s), so the default suite runs
+# a few, and CI's slow suite the long profile: 500 graphs in 5 chunks of 100 (each about
+# 8 minutes on one core; pytest-xdist runs two at a time on CI's 2 workers).
 FAST_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_FAST_EXAMPLES", "10"))
-LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_EXAMPLES", "120"))
+LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_EXAMPLES", "500"))
+LONG_CHUNKS = 5
+LONG_SEED = 1400  # chunk i draws its graphs from hypothesis seed LONG_SEED + i
 # XNNPACK and the reference kernels round some ops differently (1 LSB an op), and the
-# differences add up over a few layers.
+# differences add up over the layers: at most 4 LSB, or 1 LSB per requantizing op of the
+# .tflite (a chain of six per-tensor convs and a dense head differed by 5 LSB).
 XNNPACK_MAX_LSB = 4
-
-
-class Kind8(Exception):
-    """op_fidelity could not match a tensor (issue 14 kind 8, the lead's)."""
+SCALE_KEEPING_OPS = ("RESHAPE", "PAD", "MAX_POOL_2D", "TRANSPOSE", "STRIDED_SLICE", "GATHER")
 
 
 def _layer_names(model):
@@ -55,8 +56,8 @@ def _layer_names(model):
 def run_case(case, stats=None):
     """Runs one case through the pipeline and checks every property.
 
-    Returns "refused" (a documented refusal) or "exported"; raises Kind8 when op_fidelity
-    leaves tensors unmatched, AssertionError on a property violation.
+    Returns "refused" (a documented refusal) or "exported"; raises AssertionError on a
+    property violation (op_fidelity leaving a tensor unmatched is one).
     """
     model = graph_fuzz.build_model(case)
     rng = np.random.default_rng(case.seed)
@@ -112,7 +113,9 @@ def run_case(case, stats=None):
     xnnpack.invoke()
     q_xnn = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"]).astype(np.int32)
     xnn_diff = int(np.abs(q_xnn - q_ref).max())
-    assert xnn_diff <= XNNPACK_MAX_LSB, f"XNNPACK output {xnn_diff} LSB from the reference kernels"
+    requantizing = sum(op.name not in SCALE_KEEPING_OPS for op in report.ops)
+    assert xnn_diff <= max(XNNPACK_MAX_LSB, requantizing), \
+        f"XNNPACK output {xnn_diff} LSB from the reference kernels ({requantizing} ops)"
 
     # The QAT model, fed exactly the dequantized int8 input, outputs values on the .tflite's
     # output grid.
@@ -128,19 +131,15 @@ def run_case(case, stats=None):
     if stats is not None:
         stats["end_to_end_lsb"].append(float(np.abs(np.round(levels) - q_ref).max()))
     assert fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
-    if fidelity.unmatched:
-        raise Kind8(str(fidelity))
+    assert not fidelity.unmatched, str(fidelity)
     return "exported"
 
 
 def _check(case, outcomes, stats=None):
-    try:
-        outcomes.append(run_case(case, stats))
-    except Kind8:
-        outcomes.append("kind8")
+    outcomes.append(run_case(case, stats))
 
 
-def _run_profile(max_examples):
+def _run_profile(max_examples, hypothesis_seed=None):
     outcomes = []
     stats = {"end_to_end_lsb": []}
 
@@ -154,14 +153,14 @@ def _run_profile(max_examples):
             raise AssertionError(f"{type(err).__name__}: {err}\n{graph_fuzz.describe(case)}") \
                 from err
 
+    if hypothesis_seed is not None:  # else derandomized from the test's own source
+        check = seed(hypothesis_seed)(check)
     check()
     counts = {kind: outcomes.count(kind) for kind in set(outcomes)}
     print(f"fuzzed {len(outcomes)} graphs: {counts}; end-to-end max "
           f"{max(stats['end_to_end_lsb'], default=0):.0f} LSB")
     assert counts.get("exported", 0) >= len(outcomes) // 2, counts
-    if counts.get("kind8"):
-        pytest.xfail(f"issue 14 kind 8: op_fidelity left tensors unmatched in "
-                     f"{counts['kind8']} of {len(outcomes)} graphs")
+    return counts
 
 
 def test_random_graphs_fast_profile():
@@ -169,11 +168,9 @@ def test_random_graphs_fast_profile():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "open (see the note on issue 14): in 120 graphs one squeeze-excite reduce conv after "
-    "Subtract(x, x) is 2 LSB off op by op (seed 1211)"))
-def test_random_graphs_long_profile():
-    _run_profile(LONG_EXAMPLES)
+@pytest.mark.parametrize("chunk", range(LONG_CHUNKS))
+def test_random_graphs_long_profile(chunk):
+    _run_profile(-(-LONG_EXAMPLES // LONG_CHUNKS), hypothesis_seed=LONG_SEED + chunk)
 
 
 def test_shrunk_max_pool_relu6_per_tensor_6_bit_dense_matches_op_by_op():
@@ -188,11 +185,42 @@ def test_shrunk_max_pool_relu6_per_tensor_6_bit_dense_matches_op_by_op():
     run_case(case)
 
 
-def survey(max_examples, log=None):
-    """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
-    outcome "refused", "exported", "kind8" or the failure's first line.
+def test_shrunk_squeeze_excite_per_channel_6_bit_conv_matches_op_by_op():
+    # Found by the fuzzer (long profile, seed 1211): the squeeze-excite expand conv was 2 LSB
+    # off op by op, as the converter re-gridded its 6-bit per-channel weights to 127 levels;
+    # they now go to the converter as int8 on the 6-bit grid.
+    depthwise = graph_fuzz.OpSpec("dwconv", (0,), (
+        ("activation", None), ("bn", False), ("depth_multiplier", 1), ("kernel_size", 1),
+        ("use_bias", False)))
+    squeeze_excite = graph_fuzz.OpSpec("se", (1,), (("squeeze", 4),))
+    case = graph_fuzz.FuzzCase(
+        (8, 8, 3), (depthwise, squeeze_excite), "none", True,
+        dict(per_channel=True, weight_bits=6, activation_bits=8, quant_delay=0,
+             bn_freeze_delay=None), fit_steps=1, calibration="minmax", seed=1211)
+    run_case(case)
 
-    `python tests/test_fuzz_graphs.py 100` prints the failures grouped by message.
+
+def test_shrunk_chain_of_per_tensor_convs_runs_on_xnnpack_within_one_lsb_an_op():
+    # Found by the fuzzer (long profile, seed 1400): six 3x3 convs and a Dense head, per-tensor
+    # weights; XNNPACK's output was 5 LSB from the reference kernels' (1-LSB rounding
+    # differences adding up), over the old fixed bound of 4.
+    conv = graph_fuzz.OpSpec("conv", (0,), (
+        ("activation", None), ("bn", False), ("filters", 4), ("kernel_size", 3), ("strides", 1),
+        ("use_bias", False)))
+    ops = tuple(dataclasses.replace(conv, inputs=(i,)) for i in range(6))
+    case = graph_fuzz.FuzzCase(
+        (4, 4, 3), ops, "flatten_dense", False,
+        dict(per_channel=False, weight_bits=8, activation_bits=8, quant_delay=0,
+             bn_freeze_delay=None), fit_steps=3, calibration="minmax", seed=0)
+    run_case(case)
+
+
+def survey(max_examples, log=None, hypothesis_seed=None):
+    """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
+    outcome "refused", "exported" or the failure's first line.
+
+    `python tests/test_fuzz_graphs.py 100` prints the failures grouped by message;
+    `python tests/test_fuzz_graphs.py 100 1400` the same for the long profile's first chunk.
     """
     results = []
 
@@ -209,10 +237,12 @@ def survey(max_examples, log=None):
         if log is not None:
             outcome = results[-1][1]
             print(f"FUZZ {len(results)} {outcome}", file=log, flush=True)
-            if outcome not in ("exported", "refused", "kind8"):
+            if outcome not in ("exported", "refused"):
                 print("      " + graph_fuzz.describe(case).replace("\n", "\n      "), file=log,
                       flush=True)
 
+    if hypothesis_seed is not None:
+        check = seed(hypothesis_seed)(check)
     check()
     return results
 
@@ -223,13 +253,14 @@ if __name__ == "__main__":
     import time
 
     start = time.time()
-    results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr)
+    results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr,
+                     hypothesis_seed=int(sys.argv[2]) if len(sys.argv) > 2 else None)
     groups = collections.defaultdict(list)
     for case, outcome in results:
         groups[outcome].append(case)
     for outcome, cases_ in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         print(f"{len(cases_):4d}  {outcome}", file=sys.stderr)
-        if outcome not in ("exported", "refused", "kind8"):
+        if outcome not in ("exported", "refused"):
             print("      e.g. " + graph_fuzz.describe(min(cases_, key=lambda c: len(c.ops)))
                   .replace("\n", "\n      "), file=sys.stderr)
     print(f"{len(results)} graphs in {time.time() - start:.0f} s", file=sys.stderr)

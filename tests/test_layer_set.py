@@ -188,11 +188,11 @@ CASES = {
                       {"RESIZE_BILINEAR": 1, "CONCATENATION": 1}),
 }
 
-# QUANTIZE (int8 -> int8 requantization) ops a case needs. elu: MAXIMUM requantizes one input
-# to the other's scale. A same-scale op into a concatenation: AVERAGE_POOL_2D/RESIZE_BILINEAR
-# keep their input's scale and int8 CONCATENATION needs one scale for all inputs and the output,
-# so the converter concatenates at the pool's scale and requantizes once to the concat's.
-REQUANTIZE_OPS = {"average_pool_concat": 1, "resize_concat": 1}
+# QUANTIZE (int8 -> int8 requantization) ops a case needs: none. (elu: MAXIMUM requantizes one
+# input to the other's scale; not counted. A same-scale op into a concatenation used to need one:
+# AVERAGE_POOL_2D/RESIZE_BILINEAR keep their input's scale, so the conv before them now computes
+# at the concatenation's.)
+REQUANTIZE_OPS = {}
 # Quantizers op_fidelity cannot compare: none. (Keras ops (`x + 3.0`, `x * c`) make TF ops
 # outside any layer's name scope; op_fidelity used to look tensors up by name and missed them,
 # and now finds them by their quantization.)

@@ -269,7 +269,7 @@ def test_division_by_a_constant_is_quantized():
     lambda: keras.layers.AveragePooling2D(3, strides=1, padding="same", name="pool"),
     lambda: keras.layers.UpSampling2D(interpolation="bilinear", name="pool"),
 ])
-def test_same_scale_op_read_only_by_a_concatenation_keeps_its_input_scale(same_scale):
+def test_same_scale_op_read_only_by_a_concatenation_passes_its_scale_to_its_input(same_scale):
     inp = keras.Input((6, 6, 3))
     a = keras.layers.Conv2D(4, 1, name="a")(inp)
     b = keras.layers.Conv2D(4, 1, name="b")(inp)
@@ -277,11 +277,16 @@ def test_same_scale_op_read_only_by_a_concatenation_keeps_its_input_scale(same_s
     if pooled.shape[1] != 6:
         b = keras.layers.UpSampling2D(name="b_up")(b)
     qat = tfqat.quantize_model(keras.Model(inp, keras.layers.Concatenate(name="cat")([pooled, b])))
-    a_fq = qat.get_layer("a_fq")
-    # Called twice: on the conv's output and, tied, on the pool's; the concatenation has its own.
-    assert len(a_fq._inbound_nodes) == 2
-    assert a_fq._inbound_nodes[1].input_tensors[0]._keras_history.operation.name == "pool"
-    assert isinstance(qat.get_layer("cat_fq"), ActivationQuantizer)
+    # The pool keeps its input's scale, so conv "a" computes at the concatenation's scale:
+    # one quantizer, called on a and the pool, on b and (tracking) on cat; no a_fq,
+    # which made the converter requantize the pool's output.
+    cat_fq = qat.get_layer("cat_fq")
+    assert "a_fq" not in [layer.name for layer in qat.layers]
+    callers = [node.input_tensors[0]._keras_history.operation.name
+               for node in cat_fq._inbound_nodes]
+    assert sorted(callers) == ["a", "b", "cat", "pool"]
+    decisions = {d.float_layers[0]: d for d in tfqat.record_of(qat).decisions}
+    assert decisions["a"].scale_policy == "concat" and decisions["pool"].scale_policy == "tied"
 
 
 @pytest.fixture

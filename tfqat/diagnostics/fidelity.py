@@ -14,11 +14,12 @@ the .tflite's tensor, in that tensor's LSBs. An exact simulation is within
 
 The .tflite tensor of a quantizer is found by its quantization: the int8
 tensor with the quantizer's scale and zero point and its number of values.
-Where several tensors qualify (two sigmoids, both at scale 1/256), the one in
-the layer's name scope is taken (TFLite names an op's output after the TF ops
-it fused, `model/conv1_1/Relu6;...`; see `_scope_owners`); if they still
-differ in value, the quantizer is `unmatched`, never compared with the wrong
-tensor. A quantizer whose tensor no longer exists because the converter fused
+Where several tensors qualify (two sigmoids, both at scale 1/256; the inputs
+of a concatenation, which share its scale), the one computed from the tensors
+of the quantizer's own sources is taken, then the one in the layer's name
+scope (TFLite names an op's output after the TF ops it fused,
+`model/conv1_1/Relu6;...`; see `_scope_owners`); if they still differ in
+value, the quantizer is `unmatched`, never compared with the wrong tensor. A quantizer whose tensor no longer exists because the converter fused
 its op into the next one (a ReLU into the MUL of a swish, a MUL by a positive
 constant into the conv before it) is listed in `fused`; the next quantizer is
 then computed from the tensors before it. A quantizer with no
@@ -237,6 +238,7 @@ def _mark_passed(tensor, located, covered, walked=None):
 
 
 AMBIGUOUS = -1  # several .tflite tensors could be the quantizer's, with different values
+_PENDING = -2  # several candidates, not settled yet (in `_TFLiteTensors.locate`)
 
 
 def _tflite_quantization(lo, hi, bits):
@@ -274,9 +276,10 @@ class _TFLiteTensors:
             layers = {owners[part] for part in parts if part in owners}
             if len(layers) == 1:
                 self.by_layer.setdefault(layers.pop(), []).append(t)
-        # tensor index -> (index, name) of the op that writes it
+        # tensor index -> (index, name) of the op that writes it, and that op's input tensors
         self.producer = {index: (op.index, op.name) for index, op in model.producers.items()}
         self.inner_indices = set()  # tensors that inner_values found (composite layers')
+        self.producer_inputs = {index: op.input_indices for index, op in model.producers.items()}
 
     def inner_values(self, layer):
         """{inner tensor name: (dequantized value, scale)} of a composite layer, or None.
@@ -299,7 +302,14 @@ class _TFLiteTensors:
         return values or None
 
     def locate(self, quantizer_calls, batch) -> dict:
-        """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}."""
+        """{id(call output): .tflite tensor index, None (fused away) or AMBIGUOUS}.
+
+        The candidates of a call are the tensors of its quantization and size. Ties (a
+        concatenation group's members share one scale, equal ReLUs one tensor) are broken by
+        the graph first: the call's tensor is the candidate computed from the tensors of the
+        call's own sources (the nearest located tensors it is computed from), so ties are
+        settled from the inputs on; then by name scope and value (`_pick`).
+        """
         by_quantization = {}
         for name, quantizer, call_input, output in quantizer_calls:
             if graph.is_model_input(call_input):
@@ -314,10 +324,60 @@ class _TFLiteTensors:
             # closest scale is this quantizer's own tensor.
             best = min(errors.values(), default=0.0)
             by_quantization[id(output)] = [i for i, e in errors.items() if e <= best + 1e-7]
-        located = {}
-        for name, quantizer, call_input, output in quantizer_calls:
-            located[id(output)] = self._pick(by_quantization[id(output)], output, batch)
-        return located
+        state = {id(output): (found[0] if len(found) == 1 else None if not found else _PENDING)
+                 for (_, _, _, output), found in
+                 ((call, by_quantization[id(call[3])]) for call in quantizer_calls)}
+        pending = [call for call in quantizer_calls if state[id(call[3])] == _PENDING]
+        progress = True
+        while pending and progress:  # each round settles the ties whose sources are settled
+            progress, still = False, []
+            for call in pending:
+                output = call[3]
+                found = self._computed_from_sources(by_quantization[id(output)], output, state)
+                if found is None:
+                    still.append(call)
+                    continue
+                state[id(output)] = self._pick(found, output, batch)
+                progress = True
+            pending = still
+        for call in pending:  # sources never settled: by name scope and value alone
+            state[id(call[3])] = self._pick(by_quantization[id(call[3])], call[3], batch)
+        return state
+
+    def _computed_from_sources(self, found, output, state):
+        """The candidates in `found` computed from the tensors of `output`'s sources (all of
+        `found` if none is, or if that says nothing); None while a source is unsettled."""
+
+        def is_source(tensor):
+            return graph.is_model_input(tensor) or state.get(id(tensor)) is not None
+
+        sources = set()
+        for tensor in graph.source_tensors(output, is_source, stop=False):
+            if graph.is_model_input(tensor) and id(tensor) not in state:
+                sources.add(self.input_index[graph.producer_of(tensor).name])
+                continue
+            index = state[id(tensor)]
+            if index in (_PENDING, AMBIGUOUS):
+                return None if index == _PENDING else found
+            sources.add(index)
+        settled = {index for index in state.values() if index not in (None, _PENDING, AMBIGUOUS)}
+        settled |= set(self.input_index.values())
+        computed = [index for index in found if self._nearest_settled(index, settled) == sources]
+        return computed or found
+
+    def _nearest_settled(self, index, settled) -> set:
+        """The settled tensors that .tflite tensor `index` is computed from, nearest first."""
+        nearest, stack, seen = set(), list(self.producer_inputs.get(index, ())), set()
+        while stack:
+            parent = stack.pop()
+            if parent < 0 or parent in seen:
+                continue
+            seen.add(parent)
+            if parent in settled:
+                nearest.add(parent)
+            else:  # an unmatched tensor (a requantized copy, a fused-away one) or a constant
+                stack.extend(self.producer_inputs.get(parent, ()))
+        return nearest
 
     def _in_scope(self, keras_tensor, batch):
         """int8 tensors of the name scope of the layer that feeds the quantizer."""

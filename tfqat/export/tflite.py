@@ -63,8 +63,7 @@ def export_tflite(qat_model, path=None, allow_float_ops: bool = False) -> bytes:
         with quiet_native_output():  # TFQAT_VERBOSE=1 shows the converter's own output
             flatbuffer = converter.convert()
     except Exception as err:  # the converter raises several private error types
-        raise ExportError(f"The TFLite converter failed on model '{qat_model.name}': "
-                          f"{_first_line(err)}") from err
+        raise _converter_failed(qat_model, err) from err
     if len(qat_model.inputs) > 1:
         # The file's signature lists inputs by name; lists of inputs follow Keras's order.
         names = [tensor.name for tensor in qat_model.inputs]
@@ -136,23 +135,88 @@ def _mark_float_ops_allowed(flatbuffer: bytes) -> bytes:
     return add_metadata(flatbuffer, FLOAT_OPS_ALLOWED_METADATA, b"allow_float_ops=True")
 
 
-def _not_integer_only(model, report) -> NotIntegerOnlyError:
+def _layers_named_in(text, model) -> list:
+    """The model's layers whose name scopes appear in `text` (TF op or MLIR location names),
+    in order of appearance. A traced scope is the layer's name, maybe with a suffix `_<n>`."""
     names = {layer.name for layer in model.layers}
-    layer_names = set()
-    described = []
+    found = []
+    for token in re.split(r"[;/:@\"\[\], ]", text):
+        for name in (token, re.sub(r"_\d+$", "", token)):
+            if name in names and name not in found:
+                found.append(name)
+                break
+    return found
+
+
+# The boundary of a float region: the converter dequantizes into it and quantizes out of it.
+_BOUNDARY_OPS = ("DEQUANTIZE", "QUANTIZE")
+
+
+def _not_integer_only(model, report) -> NotIntegerOnlyError:
+    """The error for a converted model with float ops: the ops that compute in float first,
+    each with its layer, then the DEQUANTIZE/QUANTIZE ops around them."""
+    computing, boundary, first_names, other_names = [], [], [], []
     for op in report.float_ops:
-        tokens = set()
-        for tensor in op.outputs:
-            for token in re.split(r"[;/:]", tensor.name):
-                tokens.update((token, re.sub(r"_\d+$", "", token)))  # Keras suffixes scopes
-        found = sorted(tokens & names)
-        layer_names.update(found)
-        described.append(f"{op.name} (op {op.index}, from layers: {', '.join(found) or 'unknown'})")
-    message = (f"Model '{model.name}' did not convert to integer-only kernels; float ops: "
-               f"{'; '.join(described)}. Make sure these layers are quantized (not excluded) "
-               "and supported by a tfqat rule, or export a hybrid model on purpose with "
-               "allow_float_ops=True.")
-    return NotIntegerOnlyError(message, report.float_ops, sorted(layer_names))
+        found = _layers_named_in(";".join(t.name for t in op.outputs), model)
+        layers = ", ".join(found) or "unknown"
+        if op.name in _BOUNDARY_OPS:
+            boundary.append(f"{op.name} (op {op.index}, from layers: {layers})")
+            other_names += found
+        else:
+            computing.append(f"{op.name} (op {op.index}) in layer{'s' if len(found) > 1 else ''} "
+                             f"{layers}")
+            first_names += found
+    if computing:
+        what = f"float ops: {'; '.join(computing)}"
+        if boundary:
+            what += f" (converted to and from int8 by {'; '.join(boundary)})"
+    else:
+        what = f"float ops: {'; '.join(boundary)}"
+    message = (f"Model '{model.name}' did not convert to integer-only kernels; {what}. Make "
+               "sure these layers are quantized (not excluded) and supported by a tfqat rule, "
+               "or export a hybrid model on purpose with allow_float_ops=True.")
+    # The layers of the float ops first: those are the ones to change.
+    layer_names = list(dict.fromkeys([*first_names, *other_names]))
+    return NotIntegerOnlyError(message, report.float_ops, layer_names)
+
+
+# What to change for converter errors seen with TF 2.21 (message fragment -> advice).
+_CONVERTER_ADVICE = (
+    ("mismatched quantized axes",
+     "a per-channel quantized weight passes a transpose on its way to the op (a matmul or "
+     "transposed-conv kernel); quantize the weights of {layers} per tensor: "
+     "QuantConfig(overrides={{'{first}': {{'per_channel': False}}}}), or "
+     "WeightQuant(per_channel=False) for a registered layer"),
+    ("cast compatible",
+     "a reshape moves the quantized axis of a per-channel weight; quantize the weights of "
+     "{layers} per tensor: QuantConfig(overrides={{'{first}': {{'per_channel': False}}}})"),
+    ("same scale constraint",
+     "the int8 kernel of {layers} needs its output at its input's scale (average pooling, "
+     "resizing, concatenation); give it no fake quant of its own (scale='input' or 'shared' "
+     "for a registered layer)"),
+)
+
+
+def _converter_failed(model, err) -> ExportError:
+    """The converter's error, with its long MLIR location cut down to the Keras layers named
+    in it, and what to change."""
+    text = str(err)
+    line = _first_line(err)
+    # "<unknown>:0: error: loc(callsite(fused["MatMul:", "model_1/tiny_1/MatMul@..."] ...)):
+    # 'tfl.transpose' op has mismatched quantized axes": the message follows the location.
+    location, _, reason = line.rpartition(")): ")
+    reason = reason or line
+    layers = _layers_named_in(location or text, model)
+    where = f" at layer {', '.join(repr(n) for n in layers)}" if layers else ""
+    advice = ("exclude the layer (QuantConfig(exclude=(...))) and export with "
+              "allow_float_ops=True, or change it to layers tfqat quantizes")
+    for fragment, text_ in _CONVERTER_ADVICE:
+        if fragment in reason:
+            advice = text_.format(layers=", ".join(repr(n) for n in layers) or "the layer",
+                                  first=layers[0] if layers else "<layer>")
+            break
+    return ExportError(f"The TFLite converter failed on model '{model.name}'{where}: "
+                       f"{reason.strip()}. To fix: {advice}.")
 
 
 def _first_line(err) -> str:

@@ -163,10 +163,11 @@ class FusedQuantLayer(keras.layers.Layer):
         return self._kernel_view(self.kernel)
 
     def _quantize(self, kernel_view, training):
-        # Per tensor, TF 2.21's converter exports 5-7-bit fake-quantized weights up to 7 LSB
-        # off the QAT model (found by tests/test_fuzz_graphs.py): fewer bits are carried as
-        # int8 values on the weight_bits grid, the same values.
-        container = None if self.per_channel else 8
+        # TF 2.21's converter re-grids 5-7-bit fake-quantized weights to 127 levels (per
+        # tensor up to 7 LSB off the QAT model, per channel 2 LSB; found by
+        # tests/test_fuzz_graphs.py): fewer bits are carried as int8 values on the
+        # weight_bits grid, the same values. 4-bit per-channel weights it keeps as they are.
+        container = None if self.per_channel and self.weight_bits <= 4 else 8
         quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
                                               container_bits=container)
         if not training:

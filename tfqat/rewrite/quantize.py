@@ -52,8 +52,9 @@ def quantize_model(model, config: QuantConfig | None = None, registry=None):
     keras.config.set_dtype_policy("float32")
     try:
         _split_activations(graph, config)
+        duplicates = _merge_duplicate_calls(graph, config)
         rules = registry.rules if registry is not None else rules_lib.RULES
-        return _Rebuilder(graph, config, rules).build(name=f"{model.name}_qat")
+        return _Rebuilder(graph, config, rules, duplicates).build(name=f"{model.name}_qat")
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -79,9 +80,65 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
     graph.nodes = new_nodes
 
 
+# Weightless, deterministic layers that the converter computes once when several calls read
+# the same tensors with the same config (its common-subexpression elimination).
+_MERGEABLE = (
+    keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+    keras.layers.Softmax, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.UpSampling2D,
+    keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute, keras.layers.Add,
+    keras.layers.Subtract, keras.layers.Multiply, keras.layers.Concatenate)
+
+
+def _merge_duplicate_calls(graph: Graph, config: QuantConfig) -> dict:
+    """Merges calls of equal weightless layers on the same tensors into the first such call.
+
+    TF's converter computes such calls once (NASNet applies three ReLU layers to one
+    conv's output, and two equal average pools to one tensor), and then fuses a ReLU into
+    the conv when it is that conv's only reader. The QAT model must do the same: three
+    ReLUs with a fake quant each would keep a fake quant on the conv's output, rounding
+    twice where the .tflite rounds once (2 LSB). Returns {merged call's float layer name:
+    the node kept in its place}.
+    """
+    kept = {}  # (class, config, inputs, settings) -> node
+    alias = {}  # tensor id of a merged call's output -> the kept call's
+    outputs = set(graph.output_ids())
+    merged, nodes = {}, []
+    for node in graph.nodes:
+        if alias:
+            node.args = _rename_refs(node.args, alias)
+            node.kwargs = _rename_refs(node.kwargs, alias)
+        layer = node.layer
+        if type(layer) not in _MERGEABLE or config.is_excluded(layer) or \
+                any(tid in outputs for tid in node.outputs):
+            nodes.append(node)
+            continue
+        settings = {k: v for k, v in layer.get_config().items() if k != "name"}
+        key = (type(layer), repr(sorted(settings.items())), repr((node.args, node.kwargs)),
+               config.for_layer(node.config_name))
+        if key not in kept:
+            kept[key] = node
+            nodes.append(node)
+            continue
+        alias.update(zip(node.outputs, kept[key].outputs))
+        merged[node.float_name] = kept[key]
+    graph.nodes = nodes
+    return merged
+
+
+def _rename_refs(structure, alias):
+    return keras.tree.map_structure(
+        lambda leaf: TensorRef(alias.get(leaf.id, leaf.id)) if isinstance(leaf, TensorRef)
+        else leaf, structure)
+
+
 class _Rebuilder:
-    def __init__(self, graph: Graph, config: QuantConfig, rules):
+    def __init__(self, graph: Graph, config: QuantConfig, rules, duplicates=None):
         self.graph = graph
+        self.duplicates = duplicates or {}
         self.config = config
         self.rules = rules
         self.values = {}  # tensor id -> new KerasTensor
@@ -107,9 +164,8 @@ class _Rebuilder:
         # that would get a tracked range of its own is instead rounded to the scale of the
         # first Concatenate that reads it, and that Concatenate's output to the next one's:
         # one quantizer per tree of concatenations (a DenseNet dense block), tracking the
-        # root's output, which holds every member's values. Tensors at another scale (the
-        # output of a pool that keeps its input's scale, a fixed range, another group's)
-        # keep it and are requantized.
+        # root's output, which holds every member's values. Tensors at another scale (a
+        # fixed range, another group's) keep it and are requantized.
         # int8 MAXIMUM and MINIMUM need their inputs and output at one scale too; they join
         # the same groups, but claim only inputs that they alone read (not a concatenation's
         # output): a member is clipped to the group's range, which holds the max (min) of the
@@ -129,7 +185,23 @@ class _Rebuilder:
                 for tid in node.inputs:
                     if self.consumer_count.get(tid) == 1 and not self._made_by_concatenate(tid):
                         self.concat_claim.setdefault(tid, index)
+        # An op that keeps its input's scale (max pool, padding; average pool, bilinear
+        # resize) passes a claim on to its input when it is that input's only reader: the
+        # input is computed at the concatenation's scale. Else the op's output stays at its
+        # input's scale and the converter requantizes it (DenseNet121: 4 QUANTIZE ops, at the
+        # stem's conv -> padding -> max pool and each transition's conv -> average pool).
+        for node in reversed(graph.nodes):
+            layer = node.layer
+            if len(node.inputs) != 1 or len(node.outputs) != 1 or config.is_excluded(layer) or \
+                    not (rules_lib.is_scale_preserving(layer) or rules_lib.is_same_scale_op(layer)):
+                continue
+            (tid,) = node.inputs
+            claim = self.concat_claim.get(node.outputs[0])
+            if claim is not None and tid not in self.concat_claim and \
+                    self.consumer_count.get(tid) == 1 and graph.producer(tid) is not None:
+                self.concat_claim[tid] = claim
         self.group_quantizers = {}  # index of a root Concatenate -> its ActivationQuantizer
+        self.pending_groups = set()  # group quantizers whose tracking (root) call is still ahead
 
     def build(self, name):
         new_inputs = []
@@ -150,6 +222,8 @@ class _Rebuilder:
         outputs = [self.values[tid] if self._made_by_excluded(tid)
                    else self._quantized_value(tid, self.producer_config[tid])
                    for tid in self.graph.output_ids()]
+        for float_name, node in self.duplicates.items():
+            self.record.add_duplicate(float_name, node.float_name)
         structure = keras.tree.pack_sequence_as(self.graph.outputs, outputs)
         inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
         return QATModel(inputs, structure, name=name, quantization_record=self.record.build())
@@ -270,7 +344,8 @@ class _Rebuilder:
 
     def _tied(self, quantizer, value):
         self.record.add_tied_call(quantizer.name)
-        return quantizer(value, tied=True)
+        # A concatenation group's quantizer tracks its range at the root, later in the graph.
+        return quantizer(value, tied=True, ahead=quantizer.name in self.pending_groups)
 
     def _emit_float(self, node):
         layer = node.layer
@@ -353,8 +428,10 @@ class _Rebuilder:
                     quant_delay=root_cfg.quant_delay, name=self._unique(f"{root_node.layer.name}_fq"))
                 root_output = self.graph.nodes[root].outputs[0]
                 self.record.add_quantizer(quantizer.name, False, self._float_tensor(root_output))
+                self.pending_groups.add(quantizer.name)
             if tid in self.graph.nodes[root].outputs:
                 self.values[tid] = quantizer(raw)
+                self.pending_groups.discard(quantizer.name)
             else:  # a member computed before the root: rounded ahead of its tracking call
                 self.values[tid] = quantizer(raw, tied=True, ahead=True)
                 self.record.add_tied_call(quantizer.name)

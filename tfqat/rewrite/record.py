@@ -141,6 +141,12 @@ class RecordBuilder:
         self.decisions.append(Decision(tuple(float_layers), rule, tuple(qat_layers),
                                        scale_policy, output_quantizer))
 
+    def add_duplicate(self, float_layer, same_as):
+        """`float_layer` computes what float layer `same_as` computes, and shares its QAT layers."""
+        kept = next(d for d in self.decisions if same_as in d.float_layers)
+        self.add_decision([float_layer], "duplicate", kept.qat_layers, kept.scale_policy,
+                          kept.output_quantizer)
+
     def add_quantizer(self, name, fixed, float_tensor, owner=None):
         self.quantizers[name] = QuantizerEntry(name, bool(fixed), float_tensor, owner=owner)
 
