@@ -228,6 +228,14 @@ class _QuantRecurrent(CompositeQuantLayer):
         with tf.name_scope(f"step{t}_hidden"):  # the layer's output: the rule's quantizer follows
             return compute()
 
+    def load_float_weights(self, layer):
+        """Copies a built Keras RNN's kernel, recurrent kernel and bias (GRU: see there)."""
+        cell = layer.cell
+        self.kernel.assign(cell.kernel)
+        self.recurrent_kernel.assign(cell.recurrent_kernel)
+        if self.bias is not None:
+            self.bias.assign(cell.bias)
+
     def get_config(self):
         config = super().get_config()
         config.update(units=self.units, timesteps=self.timesteps,
@@ -269,14 +277,6 @@ class QuantSimpleRNN(_QuantRecurrent):
             pre = self._q(t, "sum", lambda: projected + rec, training)
         h = self._hidden(t, lambda: tf.tanh(pre), training)
         return h, h
-
-    def load_float_weights(self, layer):
-        """Copies a built keras.layers.SimpleRNN's kernel, recurrent kernel and bias."""
-        cell = layer.cell
-        self.kernel.assign(cell.kernel)
-        self.recurrent_kernel.assign(cell.recurrent_kernel)
-        if self.bias is not None:
-            self.bias.assign(cell.bias)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -334,14 +334,6 @@ class QuantLSTM(_QuantRecurrent):
         cell_tanh = q("cell_tanh", lambda: tf.tanh(cell))
         h = self._hidden(t, lambda: o * cell_tanh, training)
         return h, (h, cell)
-
-    def load_float_weights(self, layer):
-        """Copies a built keras.layers.LSTM's kernel, recurrent kernel and bias."""
-        cell = layer.cell
-        self.kernel.assign(cell.kernel)
-        self.recurrent_kernel.assign(cell.recurrent_kernel)
-        if self.bias is not None:
-            self.bias.assign(cell.bias)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
