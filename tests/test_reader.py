@@ -104,3 +104,27 @@ def test_quantize_and_dequantize_round_trip_per_tensor():
     np.testing.assert_array_equal(dequantize(q, t), [-63.5, 0.5, 1.0, 64.0])
     per_axis = TensorInfo(0, "w", "int8", (2, 1), np.array([0.1, 0.2]), np.array([0, 0]), 0)
     assert per_axis.per_axis and per_axis.scale == 0.0 and not per_axis.is_quantized
+
+
+def test_int4_weights_are_read_unpacked():
+    # Found by the fuzzer: 4-bit weights are stored packed two to a byte, and reading their
+    # buffer as int8 failed ("cannot reshape array of size 27 into shape (2,3,3,3)").
+    import keras
+
+    from tfqat.diagnostics.evaluation import run_tflite
+    from tfqat.export.reader import read_tflite
+
+    inputs = keras.Input((6, 6, 3))
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs)))
+    qat = tfqat.quantize_model(keras.Model(inputs, outputs), tfqat.QuantConfig(weight_bits=4))
+    x = np.random.default_rng(0).random((8, 6, 6, 3), np.float32)
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    model = read_tflite(flatbuffer)
+    conv = next(op for op in model.ops if op.name == "CONV_2D")
+    kernel = model.constants[conv.input_indices[1]]
+    assert kernel.shape == (2, 3, 3, 3) and kernel.dtype == np.int8
+    assert -7 <= kernel.min() < 0 < kernel.max() <= 7  # the 4-bit narrow grid
+    # The unpacked values are the ones the kernels use: evaluate_int8 computes with them.
+    np.testing.assert_array_equal(tfqat.evaluate_int8(flatbuffer, x).outputs.raw,
+                                  run_tflite(flatbuffer, x, kernels="reference").raw)

@@ -394,9 +394,26 @@ def _options_and_constants(content, tensors):
         if not tensor.buffer or info is None:
             continue
         data = _buffer_data(root, tensor.buffer, content)
-        if data:
+        if not data:
+            continue
+        if tensor.type == schema_fb.TensorType.INT4:
+            constants[index] = _unpack_int4(data, info.shape)
+        else:
             constants[index] = np.frombuffer(data, np.dtype(info.dtype)).reshape(info.shape)
     return found, constants
+
+
+def _unpack_int4(data, shape) -> np.ndarray:
+    """int8 values of a packed INT4 buffer: two per byte, the low nibble first, signed.
+
+    Example:
+      >>> _unpack_int4(bytes([0x7F, 0x08]), (4,)).tolist()
+      [-1, 7, -8, 0]
+    """
+    packed = np.frombuffer(data, np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1).astype(np.int8)
+    values = np.where(nibbles >= 8, nibbles - 16, nibbles).astype(np.int8)
+    return values[:int(np.prod(shape))].reshape(shape)
 
 
 def _signature_io(interpreter):
