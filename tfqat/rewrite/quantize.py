@@ -234,11 +234,25 @@ class _Rebuilder:
         for refuses, message in _REFUSALS:
             if refuses(node):
                 raise UnsupportedLayerError(message(node))
+        if self._pools_a_pooled_tensor(node):
+            raise UnsupportedLayerError(
+                f"Layer '{node.float_name}' ({type(node.layer).__name__}) averages the 1x1 "
+                "output of another global average pool: the converter merges the two MEANs "
+                "and cannot export the pair with the scales the QAT model gives them. Remove "
+                "it (it is an identity), or exclude it.")
         for rule in self.rules:
             matched = self._match_rule(rule, index)
             if matched is not None:
                 return rule, matched
         raise UnsupportedLayerError(_unsupported_message(node))
+
+    def _pools_a_pooled_tensor(self, node):
+        # Found by the graph fuzzer (GAP -> GAP -> Flatten failed to convert: a RESHAPE's
+        # input and output at two scales); open in issue 14.
+        if not (rules_lib.is_global_average_pool(node.layer) and len(node.inputs) == 1):
+            return False
+        producer = self.graph.producer(node.inputs[0])
+        return producer is not None and rules_lib.is_global_average_pool(producer.layer)
 
     def _match_rule(self, rule, index):
         nodes = self.graph.nodes
