@@ -131,7 +131,13 @@ def test_qat_layer_matches_the_float_layer_at_16_bits(name):
 
 @pytest.mark.parametrize("name, layer", [
     ("simple_rnn", "rnn"),
-    *(pytest.param(name, "rnn", marks=pytest.mark.slow) for name in ("gru_sequences", "lstm")),
+    pytest.param("gru_sequences", "rnn", marks=pytest.mark.slow),
+    # Open (issue 11): once in three runs of this case (the slow tests beside other jobs, so
+    # thread timing changed the trained ranges) the converter left one step's SPLIT float
+    # and export_tflite refused the model (NotIntegerOnlyError, not a silent float model).
+    pytest.param("lstm", "rnn", marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=False, raises=tfqat.NotIntegerOnlyError,
+        reason="open: the converter can leave an LSTM step's SPLIT float after training")]),
 ])
 def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer):
     qat = tfqat.quantize_model(float_model(name))
