@@ -25,10 +25,13 @@ def test_quick_preset_measures_both_modes_and_renders_the_section(tmp_path):
     results = json.loads(output.read_text())
     assert set(results["step_ratios"]) == {"exact before freeze", "approximate before freeze",
                                            "after freeze"}
+    float_accuracy = results["accuracy"]["float"]
     for mode in ("exact", "approximate"):
         scores = results["accuracy"][mode]
-        # Far above chance (10%) on the quick schedule, and each .tflite follows its QAT model.
-        assert scores["int8"] > 0.2 and scores["agreement"] > 0.9, (mode, scores)
+        # The quick schedule barely trains (about 20 % float on 200 test images): each mode's
+        # int8 model keeps the float model's accuracy, and each .tflite follows its QAT model.
+        assert scores["int8"] >= float_accuracy - 0.05, (mode, scores, float_accuracy)
+        assert scores["agreement"] > 0.9, (mode, scores)
     assert '| bn_fold="approximate" |' in done.stdout and "## BatchNorm fold modes" in done.stdout
 
 
