@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from tfqat.nn.activations import QuantActivation
@@ -13,10 +14,11 @@ from tfqat.config import EXPORT_MAX_BITS
 from tfqat.files import atomic_write_bytes
 from tfqat.logs import quiet_native_output
 from tfqat.export.reader import (FLOAT_OPS_ALLOWED_METADATA, INPUT_ORDER_METADATA, add_metadata,
-                                 inspect_tflite)
+                                 inspect_tflite, read_tflite)
 from tfqat.nn.layers import FusedQuantLayer
 from tfqat.nn.quantizers import ActivationQuantizer
-from tfqat.rewrite.record import find_quantizer, record_of
+from tfqat.rewrite.graph import all_layers
+from tfqat.rewrite.record import QATModel, find_quantizer, record_of
 
 
 class ExportError(ValueError):
@@ -60,10 +62,12 @@ def export_tflite(qat_model, path=None, allow_float_ops: bool = False) -> bytes:
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     try:
-        with quiet_native_output():  # TFQAT_VERBOSE=1 shows the converter's own output
+        with quiet_native_output(), _distinct_bias_channels(qat_model), _converting(qat_model):
+            # TFQAT_VERBOSE=1 shows the converter's own output
             flatbuffer = converter.convert()
     except Exception as err:  # the converter raises several private error types
         raise _converter_failed(qat_model, err) from err
+    _check_per_channel_biases(flatbuffer)
     if len(qat_model.inputs) > 1:
         # The file's signature lists inputs by name; lists of inputs follow Keras's order.
         names = [tensor.name for tensor in qat_model.inputs]
@@ -128,6 +132,86 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
         raise ExportError(
             f"Activation ranges were never observed for: {', '.join(uncalibrated)}. "
             "Train the QAT model (model.fit) or run a calibration pass before export.")
+
+
+@contextlib.contextmanager
+def _distinct_bias_channels(qat_model):
+    """Converts with no per-channel bias whose channels all hold one non-zero value.
+
+    TF 2.21's converter quantizes such a bias (a splat constant) with channel 0's
+    scale s_in * s_w[0] for every channel, where each needs its own s_w[c]: measured
+    94 LSB off at the conv's output, silently. While converting, one channel of such a
+    bias is moved by the smallest step that makes it differ (a few float32 ulps: its
+    int32 value changes, if at all, by one unit of s_in * s_w, far below an output
+    LSB); the variables are restored afterwards.
+    """
+    saved = []
+    try:
+        for layer in all_layers(qat_model):
+            if isinstance(layer, FusedQuantLayer) and layer.per_channel:
+                nudged = _nudge_splat_bias(layer)
+                if nudged is not None:
+                    saved.append(nudged)
+        yield
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+
+
+def _nudge_splat_bias(layer):
+    """(variable, its old value) after moving the last channel of `layer`'s splat bias, or None."""
+    bias = layer.folded_bias()
+    if bias is None:
+        return None
+    values = bias.numpy()
+    if values.size < 2 or values[0] == 0 or np.any(values != values[0]):
+        return None
+    for variable in (layer.beta, layer.bias, layer.moving_mean):
+        if variable is None:
+            continue
+        old = variable.numpy()
+        step = np.float32(np.spacing(np.float32(values[-1])))
+        for _ in range(64):
+            moved = old.copy()
+            moved.reshape(-1)[-1] += step
+            variable.assign(moved)
+            if layer.folded_bias().numpy()[-1] != values[-1]:
+                return variable, old
+            step *= 2
+        variable.assign(old)
+    return None  # no variable moves it (a zero gamma): _check_per_channel_biases refuses
+
+
+def _converting(model):
+    """QATModel.converting() (no tf.saved_model.save warning), or nothing for other models."""
+    return model.converting() if isinstance(model, QATModel) else contextlib.nullcontext()
+
+
+_LINEAR_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def _check_per_channel_biases(flatbuffer):
+    """Raises ExportError for a per-channel int32 bias that the converter quantized with one
+    channel's scale for all (one non-zero value in every channel, several scales)."""
+    model = read_tflite(flatbuffer)
+    for op in model.ops:
+        if op.name not in _LINEAR_OPS:
+            continue
+        bias_position = 3 if op.name == "TRANSPOSE_CONV" else 2  # optional inputs are left out
+        if len(op.inputs) <= bias_position:
+            continue
+        bias = op.inputs[bias_position]
+        if bias.dtype != "int32" or bias.scales.size < 2:
+            continue
+        values = model.constants.get(bias.index)
+        if values is None or values.size < 2 or values.flat[0] == 0:
+            continue
+        if np.all(values == values.flat[0]) and np.any(bias.scales != bias.scales[0]):
+            raise ExportError(
+                f"The converter quantized the per-channel bias '{bias.name}' of a {op.name} "
+                "with one channel's scale for all channels (its float values are all equal), "
+                "so the .tflite would be wrong. Give its channels different biases (train the "
+                "model, or quantize this layer per tensor with QuantConfig(per_channel=False)).")
 
 
 def _mark_float_ops_allowed(flatbuffer: bytes) -> bytes:

@@ -197,6 +197,20 @@ class FusedQuantLayer(keras.layers.Layer):
         """FQ(folded_kernel_view()): the exported weights in float."""
         return self._quantize(self.folded_kernel_view(), training=False)
 
+    def folded_bias(self):
+        """beta + gamma * (b - mean_mv) / sigma_mv (b alone without BN), or None without any
+        bias: the bias that gets exported (the converter quantizes it to int32).
+
+        Example:
+          >>> layer = QuantConv2D(4, 3, batchnorm={"epsilon": 1e-3})
+          >>> layer.build((None, 8, 8, 3)); layer.folded_bias().shape
+          TensorShape([4])
+        """
+        if self.batchnorm is None:
+            return None if self.bias is None else tf.convert_to_tensor(self.bias)
+        gamma, beta, bias = self._bn_affine()
+        return beta + gamma * (bias - self.moving_mean) / self._moving_sigma()
+
     def _folded_frozen(self, inputs, training):
         gamma, beta, bias = self._bn_affine()
         sigma_mv = self._moving_sigma()

@@ -10,6 +10,8 @@ saved in the model's config (`QATModel.get_config`), so a loaded model has it.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import warnings
 
@@ -203,12 +205,25 @@ class QATModel(Functional):
         """
         if format == "litert":
             warnings.warn(LITERT_EXPORT_WARNING, UserWarning, stacklevel=2)
-        self._keras_export_running = True  # Keras's SavedModel export converts fine
-        try:
+        with self.converting():  # Keras's SavedModel export converts fine
             return super().export(filepath, format=format, verbose=verbose,
                                   input_signature=input_signature, **kwargs)
+
+    @contextlib.contextmanager
+    def converting(self):
+        """Silences the tf.saved_model.save warning while a conversion that works runs
+        (Keras's own export, tfqat.export_tflite's converter).
+
+        Example:
+          >>> with qat.converting():
+          ...     flatbuffer = tf.lite.TFLiteConverter.from_keras_model(qat).convert()
+        """
+        running = getattr(self, "_keras_export_running", False)
+        self._keras_export_running = True
+        try:
+            yield
         finally:
-            self._keras_export_running = False
+            self._keras_export_running = running
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         # TensorFlow's SavedModel protocol: `tf.saved_model.save(qat, d)` asks the model
