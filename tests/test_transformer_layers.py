@@ -242,12 +242,96 @@ def test_unsupported_attention_settings_are_refused_with_the_layer_name(kwargs, 
         tfqat.quantize_model(keras.Model(inp, head(out)))
 
 
-def test_bool_attention_mask_input_is_refused_with_the_layer_name():
-    # A float 0/1 mask is quantized (tests/test_more_layers.py); a bool one needs a float CAST.
+def typed_mask_model(dtype, cross=False, causal=False):
+    """Attention with a bool or int32 mask input (True / non-zero = attend)."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SEQUENCE, name="x")
+    mask = keras.Input((6, 3 if cross else 6), name="mask", dtype=dtype)
+    x = L.Dense(8, name="proj")(inp)
+    value = L.MaxPooling1D(2, name="pool")(L.Dense(5, name="value_proj")(inp)) if cross else x
+    x = L.MultiHeadAttention(2, 4, name="mha")(x, value, attention_mask=mask,
+                                               use_causal_mask=causal)
+    return keras.Model([inp, mask], head(x))
+
+
+def typed_mask_inputs(dtype, n, keys=6, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, *SEQUENCE)).astype("float32")
+    attend = rng.uniform(size=(n, 6, keys)) > 0.4
+    attend[:, :, 0] = True  # every query attends to something
+    if dtype == "bool":
+        return x, attend
+    return x, (attend * rng.integers(1, 4, attend.shape)).astype(dtype)  # any non-zero attends
+
+
+@pytest.mark.parametrize("dtype, cross, causal", [
+    ("bool", False, False), ("int32", True, True), ("bool", True, True), ("int32", False, False)])
+def test_bool_and_int32_masks_stay_as_inputs_and_match_op_by_op(tmp_path, dtype, cross, causal):
+    from tfqat.diagnostics.evaluation import run_tflite as run
+
+    qat = tfqat.quantize_model(typed_mask_model(dtype, cross, causal))
+    x, mask = typed_mask_inputs(dtype, 48, 3 if cross else 6)
+    y = np.random.default_rng(2).integers(0, 5, len(x))
+    qat.compile(keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit([x, mask], y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(loaded.predict([x, mask], verbose=0),
+                                  qat.predict([x, mask], verbose=0))
+    flatbuffer = tfqat.export_tflite(loaded)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", dtype, "int8"]
+    ops = report.op_histogram
+    assert ops["SELECT_V2"] == 1 and ops["SOFTMAX"] == 1 and ops.get("QUANTIZE", 0) == 0, ops
+    assert ops.get("NOT_EQUAL", 0) == (dtype == "int32") and "CAST" not in ops, ops
+    op_by_op = op_fidelity(loaded, flatbuffer, [x[:8], mask[:8]])
+    assert op_by_op.unmatched == (), str(op_by_op)
+    inner = {q.name for q in loaded.get_layer("mha").inner_quantizers}
+    assert {"mha_mask_penalty_fq", "mha_masked_fq"} <= inner <= \
+        {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    outputs = [run(flatbuffer, {"x": x, "mask": mask}, kernels=k).raw.astype(int)
+               for k in ("builtin", "xnnpack")]
+    # XNNPACK (LiteRT's default) runs it too. Its float32 requantization of the projections
+    # rounds some values 1 LSB off the builtin kernels, which the later ops carry on: within
+    # the fuzzer's bound (tests/test_fuzz_graphs.py, XNNPACK_MAX_LSB = 4; measured: 3 LSB,
+    # 12% of the outputs differ, bool self-attention).
+    assert np.abs(outputs[0] - outputs[1]).max() <= 4
+    comparison = compare_to_model(loaded, flatbuffer, [x, mask])
+    assert comparison.agreement >= 0.9, comparison
+
+
+def test_bool_mask_gives_masked_keys_no_weight_in_the_tflite():
+    # Keys 3.. are masked for every query (and the causal mask hides later keys too):
+    # changing the inputs there must not change any int8 output.
+    from tfqat.diagnostics.evaluation import run_tflite as run
+
+    keras.utils.set_random_seed(0)
+    inp, mask_in = keras.Input(SEQUENCE, name="x"), keras.Input((6, 6), dtype="bool", name="mask")
+    x = L.Dense(8, name="proj")(inp)
+    out = L.MultiHeadAttention(2, 4, name="mha")(x, x, attention_mask=mask_in,
+                                                 use_causal_mask=True)
+    qat = tfqat.quantize_model(keras.Model([inp, mask_in], out))
+    x, mask = typed_mask_inputs("bool", 32)
+    mask[:, :, 3:] = False
+    tfqat.calibrate(qat, [x, mask])
+    flatbuffer = tfqat.export_tflite(qat)
+    changed = x.copy()
+    changed[:, 3:] = np.random.default_rng(5).normal(0, 3, changed[:, 3:].shape)
+    first, second = (run(flatbuffer, {"x": v, "mask": mask}).raw for v in (x, changed))
+    np.testing.assert_array_equal(first[:, :3], second[:, :3])
+    assert np.abs(first[:, 3:].astype(int) - second[:, 3:]).max() > 0  # they still attend
+
+
+def test_other_integer_attention_masks_are_refused_with_the_layer_name():
     inp = keras.Input((6, 8), name="x")
-    mask = keras.Input((6, 6), name="mask", dtype="bool")
+    mask = keras.Input((6, 6), name="mask", dtype="int64")
     out = L.MultiHeadAttention(2, 4, name="masked_mha")(inp, inp, attention_mask=mask)
-    with pytest.raises(ValueError, match="masked_mha.*attention_mask"):
+    with pytest.raises(ValueError, match="masked_mha.*attention_mask of dtype int64.*int32"):
         tfqat.quantize_model(keras.Model([inp, mask], head(out)))
 
 
