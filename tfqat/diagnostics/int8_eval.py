@@ -28,8 +28,9 @@ the interpreter's own input tensors, on CNN, merge and transformer graphs):
   FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, AVERAGE_POOL_2D, MAX_POOL_2D,
   MEAN, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, CONCATENATION (equal scales),
   PAD, PADV2, QUANTIZE (int8 -> int8), DEQUANTIZE, MAXIMUM, MINIMUM, RELU, RELU6,
-  GATHER, and SHAPE / STRIDED_SLICE / PACK (the shape arithmetic of a reshape with
-  a dynamic batch, and copies of int8 slices).
+  GATHER, SHAPE / STRIDED_SLICE / PACK (the shape arithmetic of a reshape with
+  a dynamic batch, and copies of int8 slices), and NOT_EQUAL / SELECT_V2 (an
+  int32 or bool attention mask choosing int8 values at one scale).
 - bit-exact where tested, by a float32 formula: LOGISTIC, TANH, GELU, RSQRT (a
   256-entry table of the function in float32, rounded half away from zero, as
   LiteRT builds it). These depend on float32 libm results: a last-bit difference
