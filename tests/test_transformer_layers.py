@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import tfqat
+import layer_checks
+from layer_checks import (check_matches_float_at_16_bits, check_op_fidelity, fit_briefly,
+                          inner_quantizers, save_and_load)
 from tfqat.diagnostics.evaluation import compare_to_model
-from tfqat.diagnostics.fidelity import op_fidelity
-from tfqat.nn.composite import CompositeQuantLayer
 
 L = keras.layers
 
@@ -99,24 +100,9 @@ def inputs(name, n=32, seed=1):
     return np.random.default_rng(seed).normal(0, 1, (n, *shape)).astype("float32")
 
 
-def composite_layers(qat):
-    return [layer for layer in qat.layers if isinstance(layer, CompositeQuantLayer)]
-
-
 def check_export(qat, x, expected_ops, input_dtype="int8"):
-    flatbuffer = tfqat.export_tflite(qat)
-    report = tfqat.inspect_tflite(flatbuffer)
-    assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == [input_dtype, "int8"]
-    for op, count in expected_ops.items():
-        assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
-    assert report.op_histogram.get("QUANTIZE", 0) == 0, dict(report.op_histogram)
-    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
-    assert op_by_op.unmatched == (), str(op_by_op)
-    checked = {d.quantizer for d in op_by_op.diffs}
-    inner = {q.name for layer in composite_layers(qat) for q in layer.inner_quantizers}
-    assert inner and inner <= checked, (inner - checked, str(op_by_op))
-    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    flatbuffer, _ = layer_checks.check_export(qat, x, expected_ops, input_dtypes=(input_dtype,),
+                                              require_inner=True)
     return flatbuffer
 
 
@@ -135,8 +121,8 @@ def test_layer_exports_integer_only_and_matches_op_by_op(name):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name)
     ranges = tfqat.calibrate(qat, x)
-    inner = [q for layer in composite_layers(qat) for q in layer.inner_quantizers]
-    assert all(q.name in ranges and q.is_calibrated for q in inner if q.fixed_range is None)
+    assert all(q.name in ranges and q.is_calibrated
+               for q in inner_quantizers(qat) if q.fixed_range is None)
     flatbuffer = check_export(qat, x, CASES[name][2])
     comparison = compare_to_model(qat, flatbuffer, x)
     assert comparison.agreement >= 0.9, comparison
@@ -147,12 +133,7 @@ def test_layer_exports_integer_only_and_matches_op_by_op(name):
     for name in ("layer_norm_rms_scaling", "rms_normalization", "layer_norm_axes",
                  "attention_causal"))])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
-    model = float_model(name)
-    x = inputs(name, 16)
-    qat = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
-    tfqat.calibrate(qat, x)
-    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=2e-2)
+    check_matches_float_at_16_bits(float_model(name), inputs(name, 16), atol=2e-2)
 
 
 def test_export_refuses_uncalibrated_inner_quantizers():
@@ -165,22 +146,15 @@ def test_export_refuses_uncalibrated_inner_quantizers():
 def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 64)
-    y = np.random.default_rng(2).integers(0, 5, 64)
-    qat.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
+    fit_briefly(qat, x, np.random.default_rng(2).integers(0, 5, 64), epochs=2)
     composite = qat.get_layer(layer)
     assert all(int(q.step.numpy()) == 8 and q.current_range()[1] > 0
                for q in composite.inner_quantizers)
-    path = tmp_path / "qat.keras"
-    qat.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = save_and_load(qat, tmp_path / "qat.keras", x)
     loaded_inner = loaded.get_layer(layer).inner_quantizers
     assert len(loaded_inner) == len(composite.inner_quantizers)
     for q, q_loaded in zip(composite.inner_quantizers, loaded_inner):
         assert q.name == q_loaded.name and q.current_range() == q_loaded.current_range()
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     check_export(loaded, x, CASES[name][2])
 
 
@@ -272,28 +246,15 @@ def test_bool_and_int32_masks_stay_as_inputs_and_match_op_by_op(tmp_path, dtype,
 
     qat = tfqat.quantize_model(typed_mask_model(dtype, cross, causal))
     x, mask = typed_mask_inputs(dtype, 48, 3 if cross else 6)
-    y = np.random.default_rng(2).integers(0, 5, len(x))
-    qat.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = qat.fit([x, mask], y, batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    qat.save(tmp_path / "qat.keras")
-    loaded = keras.models.load_model(tmp_path / "qat.keras")
-    np.testing.assert_array_equal(loaded.predict([x, mask], verbose=0),
-                                  qat.predict([x, mask], verbose=0))
-    flatbuffer = tfqat.export_tflite(loaded)
-    report = tfqat.inspect_tflite(flatbuffer)
-    assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", dtype, "int8"]
+    fit_briefly(qat, [x, mask], np.random.default_rng(2).integers(0, 5, len(x)))
+    loaded = save_and_load(qat, tmp_path / "qat.keras", [x, mask])
+    # The mask stays a bool / int32 input: no CAST, no float op (check_export).
+    flatbuffer, report = layer_checks.check_export(
+        loaded, [x, mask], input_dtypes=("int8", dtype), absent_ops=("CAST",),
+        inner_names=("mha_mask_penalty_fq", "mha_masked_fq"))
     ops = report.op_histogram
-    assert ops["SELECT_V2"] == 1 and ops["SOFTMAX"] == 1 and ops.get("QUANTIZE", 0) == 0, ops
-    assert ops.get("NOT_EQUAL", 0) == (dtype == "int32") and "CAST" not in ops, ops
-    op_by_op = op_fidelity(loaded, flatbuffer, [x[:8], mask[:8]])
-    assert op_by_op.unmatched == (), str(op_by_op)
-    inner = {q.name for q in loaded.get_layer("mha").inner_quantizers}
-    assert {"mha_mask_penalty_fq", "mha_masked_fq"} <= inner <= \
-        {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
-    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    assert ops["SELECT_V2"] == 1 and ops["SOFTMAX"] == 1, ops
+    assert ops.get("NOT_EQUAL", 0) == (dtype == "int32"), ops
     outputs = [run(flatbuffer, {"x": x, "mask": mask}, kernels=k).raw.astype(int)
                for k in ("builtin", "xnnpack")]
     # XNNPACK (LiteRT's default) runs it too. Its float32 requantization of the projections
@@ -423,8 +384,7 @@ def test_training_only_layers_act_in_fit_and_are_dropped_from_the_export():
     assert report.integer_only, str(report)
     assert set(report.op_histogram) <= {"CONV_2D", "RESHAPE", "FULLY_CONNECTED"}, \
         dict(report.op_histogram)
-    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
-    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    check_op_fidelity(qat, flatbuffer, x)
 
 
 @pytest.mark.parametrize("axis", [1, 2])
@@ -440,8 +400,7 @@ def test_softmax_over_another_axis_is_int8_transpose_softmax_transpose(axis):
     report = tfqat.inspect_tflite(flatbuffer)
     assert report.integer_only and report.op_histogram["SOFTMAX"] == 1, str(report)
     assert report.op_histogram["TRANSPOSE"] == 2, dict(report.op_histogram)
-    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
-    assert not op_by_op.unmatched and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    check_op_fidelity(qat, flatbuffer, x)
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
@@ -454,9 +413,7 @@ def test_grouped_conv_with_a_group_per_channel_is_an_int8_depthwise_conv(multipl
     x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 3)).astype("float32")
     qat = tfqat.quantize_model(model)
     assert isinstance(qat.get_layer("grouped"), tfqat.QuantDepthwiseConv2D)
-    q16 = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
-    tfqat.calibrate(q16, x)
-    np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-2)
+    check_matches_float_at_16_bits(model, x, atol=2e-2)
     tfqat.calibrate(qat, x)
     check_export(qat, x, {"DEPTHWISE_CONV_2D": 1, **LN_OPS})
 
@@ -487,8 +444,6 @@ def test_convnext_block_with_layer_scale_exports_integer_only():
     assert isinstance(qat.get_layer("layer_scale"), tfqat.QuantRescaling)
     assert qat.get_layer("layer_scale").trainable
     x = np.random.default_rng(1).normal(0, 1, (32, 6, 6, 4)).astype("float32")
-    q16 = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
-    tfqat.calibrate(q16, x)
-    np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-2)
+    check_matches_float_at_16_bits(model, x, atol=2e-2)
     tfqat.calibrate(qat, x)
     check_export(qat, x, {"DEPTHWISE_CONV_2D": 2, "GELU": 1, **LN_OPS})
