@@ -268,6 +268,14 @@ def test_bool_and_int32_masks_stay_as_inputs_and_match_op_by_op(tmp_path, dtype,
     assert comparison.agreement >= 0.9, comparison
 
 
+@pytest.mark.parametrize("dtype, cross, causal", [("bool", False, True), ("int32", True, False)])
+def test_typed_mask_qat_layer_matches_keras_at_16_bits(dtype, cross, causal):
+    # Keras casts the mask to bool: an int32 mask of 1s, 2s and 3s attends wherever non-zero.
+    model = typed_mask_model(dtype, cross, causal)
+    check_matches_float_at_16_bits(model, list(typed_mask_inputs(dtype, 16, 3 if cross else 6)),
+                                   atol=2e-2)
+
+
 def test_bool_mask_gives_masked_keys_no_weight_in_the_tflite():
     # Keys 3.. are masked for every query (and the causal mask hides later keys too):
     # changing the inputs there must not change any int8 output.
