@@ -173,18 +173,50 @@ def test_random_graphs_long_profile(chunk):
     _run_profile(-(-LONG_EXAMPLES // LONG_CHUNKS), hypothesis_seed=LONG_SEED + chunk)
 
 
-def test_shrunk_global_average_pool_of_a_pooled_tensor_is_refused_naming_it():
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_shrunk_global_average_pool_of_a_pooled_tensor_exports_and_matches_op_by_op(per_channel):
     # Found by the long profile (hypothesis seed 1403): GAP -> GAP -> Flatten -> Dense failed
     # to convert ("'tfl.reshape' op quantization parameters violate the same scale
-    # constraint"): the converter merges the two MEANs. Open (issue 14): refused for now.
+    # constraint": the converter merged the two MEANs, whose trained scales differed in the
+    # 5th digit); per-channel, the merged MEAN left a quantizer unmatched op by op. The
+    # second pool averages one position and is now a scale-keeping Reshape (issue 14).
     gaps = (graph_fuzz.OpSpec("gap", (0,), ()), graph_fuzz.OpSpec("gap", (1,), ()))
     case = graph_fuzz.FuzzCase(
         (6, 6, 3), gaps, "flatten_dense", False,
-        dict(per_channel=False, weight_bits=8, activation_bits=8, quant_delay=0,
+        dict(per_channel=per_channel, weight_bits=8, activation_bits=8, quant_delay=0,
              bn_freeze_delay=5), fit_steps=3, calibration=None, seed=1)
-    assert run_case(case) == "refused"
-    with pytest.raises(tfqat.UnsupportedLayerError, match="gap1.*another global average pool"):
-        tfqat.quantize_model(graph_fuzz.build_model(case))
+    assert run_case(case) == "exported"
+    qat = tfqat.quantize_model(graph_fuzz.build_model(case))
+    assert type(qat.get_layer("gap1")) is keras.layers.Reshape
+    assert "gap1_fq" not in {layer.name for layer in qat.layers}
+
+
+@pytest.mark.parametrize("second", [
+    lambda: keras.layers.GlobalAveragePooling2D(name="pool2"),
+    lambda: keras.layers.GlobalAveragePooling2D(keepdims=True, name="pool2"),
+    lambda: keras.layers.GlobalMaxPooling2D(name="pool2"),
+    lambda: keras.layers.GlobalMaxPooling2D(keepdims=True, name="pool2"),
+], ids=["gap", "gap_keepdims", "gmp", "gmp_keepdims"])
+def test_global_pool_of_a_one_position_tensor_keeps_its_scale(second):
+    # Each of these converted before as well when calibrated (the failure above needed the
+    # trained ranges); a pool of one position is an identity either way, now a Reshape.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 5, 3), name="x")
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="pool1")(inp)
+    x = second()(x)
+    out = keras.layers.Dense(3, name="head")(keras.layers.Flatten(name="flat")(x))
+    qat = tfqat.quantize_model(keras.Model(inp, out))
+    assert type(qat.get_layer("pool2")) is keras.layers.Reshape
+    x = np.random.default_rng(1).uniform(0, 1, (16, 5, 5, 3)).astype("float32")
+    ranges = tfqat.calibrate(qat, x)
+    assert "pool1_fq" in ranges and "pool2_fq" not in ranges  # pool2 keeps pool1's scale
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    assert report.op_histogram["MEAN"] == 1 and "REDUCE_MAX" not in report.op_histogram, \
+        dict(report.op_histogram)
+    fidelity = tfqat.op_fidelity(qat, flatbuffer, x[:8])
+    assert not fidelity.unmatched and fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
 
 
 def test_shrunk_max_pool_relu6_per_tensor_6_bit_dense_matches_op_by_op():

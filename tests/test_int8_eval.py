@@ -250,3 +250,38 @@ def test_refusals_name_the_problem(graphs):
         evaluate_int8(flatbuffer, x[:, :8])
     with pytest.raises(ValueError, match="labels"):
         evaluate_int8(flatbuffer, x, labels=np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int32"])
+def test_typed_attention_masks_are_bit_exact_op_by_op(dtype):
+    # NOT_EQUAL (an int32 mask) and SELECT_V2 (the penalty it picks), op by op against the
+    # reference kernels, each op fed LiteRT's own input tensors.
+    from test_transformer_layers import typed_mask_inputs, typed_mask_model
+
+    qat = tfqat.quantize_model(typed_mask_model(dtype, causal=True))
+    tfqat.calibrate(qat, list(typed_mask_inputs(dtype, 32)))
+    flatbuffer = tfqat.export_tflite(qat)
+    x, mask = typed_mask_inputs(dtype, 24, seed=4)
+    program = Int8Model(flatbuffer)
+    interpreter = load_interpreter(flatbuffer, kernels="reference", preserve_all_tensors=True)
+    for tensor, array in zip(program.model.inputs, (x, mask)):
+        interpreter.resize_tensor_input(tensor.index, array.shape)
+    interpreter.allocate_tensors()
+    for tensor, array in zip(program.model.inputs, (x, mask)):
+        interpreter.set_tensor(tensor.index, quantize(array, tensor))
+    interpreter.invoke()
+    diffs = {}
+    for op, run in program.steps:
+        inputs = [tf.constant(program.model.constants[t.index]
+                              if t.index in program.model.constants
+                              else interpreter.get_tensor(t.index)) for t in op.inputs]
+        inputs = [tf.cast(v, tf.int64) if v.dtype.is_integer else v for v in inputs]
+        expected = interpreter.get_tensor(op.outputs[0].index)
+        ours = run(inputs, len(x)).numpy().reshape(expected.shape)
+        diffs[(op.index, op.name)] = int(np.abs(ours.astype(np.int64) - expected).max())
+    names = {n for _, n in diffs}
+    assert {"SELECT_V2", *(("NOT_EQUAL",) if dtype == "int32" else ())} <= names, diffs
+    assert all(d == 0 for (_, n), d in diffs.items() if n != "SOFTMAX"), diffs
+    assert all(d <= 1 for (_, n), d in diffs.items() if n == "SOFTMAX"), diffs
+    result = evaluate_int8(flatbuffer, [x, mask])
+    assert result.exactness["SELECT_V2"] == BIT_EXACT and result.outputs.raw.shape == (24, 5)

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import tfqat
-from tfqat.diagnostics.fidelity import op_fidelity
-from tfqat.nn.composite import CompositeQuantLayer
+import layer_checks
+from layer_checks import check_matches_float_at_16_bits, fit_briefly, save_and_load
 from tiny_models import randomize_batchnorm
 
 L = keras.layers
@@ -153,20 +153,8 @@ def inputs(name, n=32, seed=1):
 
 
 def check_export(qat, x, name):
-    flatbuffer = tfqat.export_tflite(qat)
-    report = tfqat.inspect_tflite(flatbuffer)
-    assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
-    for op, count in CASES[name][2].items():
-        assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
-    assert report.op_histogram.get("QUANTIZE", 0) == REQUANTIZE_OPS.get(name, 0), \
-        dict(report.op_histogram)
-    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
-    assert op_by_op.unmatched == (), str(op_by_op)
-    inner = {q.name for layer in qat.layers if isinstance(layer, CompositeQuantLayer)
-             for q in layer.inner_quantizers}
-    assert inner <= {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
-    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    _, report = layer_checks.check_export(qat, x, CASES[name][2],
+                                          quantize_ops=REQUANTIZE_OPS.get(name, 0))
     return report
 
 
@@ -185,15 +173,8 @@ def fast_or_slow(names):
 def test_layer_fits_saves_loads_and_exports_integer_only(tmp_path, name):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 48)
-    y = np.random.default_rng(2).integers(0, 5, len(x))
-    qat.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    qat.save(tmp_path / "qat.keras")
-    loaded = keras.models.load_model(tmp_path / "qat.keras")
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-    check_export(loaded, x, name)
+    fit_briefly(qat, x, np.random.default_rng(2).integers(0, 5, len(x)))
+    check_export(save_and_load(qat, tmp_path / "qat.keras", x), x, name)
 
 
 def test_prelu_alpha_is_the_per_tensor_int8_constant_of_the_tflite():
@@ -248,13 +229,8 @@ def test_group_norm_on_another_axis_is_refused_with_the_layer_name():
 @pytest.mark.parametrize("name", ["group_norm", "unit_norm", "prelu_shared", "average",
                                   "conv1d_two_groups"])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
-    model = float_model(name)
-    x = inputs(name, 16)
-    qat = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
-    tfqat.calibrate(qat, x)
     # PReLU's alpha stays 8-bit (the converter's int8 constant): up to 1/254 of alpha * x off.
-    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=2e-2)
+    check_matches_float_at_16_bits(float_model(name), inputs(name, 16), atol=2e-2)
 
 
 def test_random_crop_crops_at_random_in_training_and_the_center_at_inference():
@@ -353,27 +329,12 @@ def attention_inputs(n, seed=1):
 def test_attention_mask_input_is_int8_and_matches_op_by_op(tmp_path, causal):
     qat = tfqat.quantize_model(masked_attention_model(causal))
     x, mask = attention_inputs(48)
-    y = np.random.default_rng(2).integers(0, 5, len(x))
-    qat.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = qat.fit([x, mask], y, batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    qat.save(tmp_path / "qat.keras")
-    loaded = keras.models.load_model(tmp_path / "qat.keras")
-    np.testing.assert_array_equal(loaded.predict([x, mask], verbose=0),
-                                  qat.predict([x, mask], verbose=0))
-    flatbuffer = tfqat.export_tflite(loaded)
-    report = tfqat.inspect_tflite(flatbuffer)
-    assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8", "int8"]
-    assert report.op_histogram["SOFTMAX"] == 1 and report.op_histogram.get("QUANTIZE", 0) == 0, \
-        dict(report.op_histogram)
-    op_by_op = op_fidelity(loaded, flatbuffer, [x[:8], mask[:8]])
-    assert op_by_op.unmatched == (), str(op_by_op)
-    inner = {q.name for q in loaded.get_layer("mha").inner_quantizers}
-    assert {"mha_mask_offset_fq", "mha_mask_penalty_fq"} <= inner <= \
-        {d.quantizer for d in op_by_op.diffs}, str(op_by_op)
-    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    fit_briefly(qat, [x, mask], np.random.default_rng(2).integers(0, 5, len(x)))
+    loaded = save_and_load(qat, tmp_path / "qat.keras", [x, mask])
+    _, report = layer_checks.check_export(
+        loaded, [x, mask], input_dtypes=("int8", "int8"),
+        inner_names=("mha_mask_offset_fq", "mha_mask_penalty_fq"))
+    assert report.op_histogram["SOFTMAX"] == 1, dict(report.op_histogram)
 
 
 def test_masked_keys_have_no_weight_in_the_tflite():

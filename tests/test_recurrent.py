@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import tfqat
-from tfqat.diagnostics.fidelity import op_fidelity
-from tfqat.nn.composite import CompositeQuantLayer
 from tfqat.nn.recurrent import QuantGRU, QuantLSTM, QuantSimpleRNN
 from tfqat.rewrite.rules import recurrent as recurrent_rules
+import layer_checks
+from layer_checks import (check_matches_float_at_16_bits, fit_briefly, inner_quantizers,
+                          save_and_load)
 
 L = keras.layers
 STEPS, FEATURES = 4, 3
@@ -84,26 +85,10 @@ def inputs(name, n=32, seed=1):
     return np.random.default_rng(seed).normal(0, 1, (n, *CASES[name][1])).astype("float32")
 
 
-def inner_quantizers(qat):
-    return [q for layer in qat.layers if isinstance(layer, CompositeQuantLayer)
-            for q in layer.inner_quantizers]
-
-
 def check_export(qat, x, expected_ops):
-    flatbuffer = tfqat.export_tflite(qat)  # raises NotIntegerOnlyError unless integer-only
-    report = tfqat.inspect_tflite(flatbuffer)
-    assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
-    for op, count in expected_ops.items():
-        assert report.op_histogram.get(op, 0) >= count, (op, dict(report.op_histogram))
-    for fused in ("WHILE", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN"):
-        assert fused not in report.op_histogram
-    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
-    assert op_by_op.unmatched == (), str(op_by_op)
-    checked = {d.quantizer for d in op_by_op.diffs}
-    inner = {q.name for q in inner_quantizers(qat)}
-    assert inner <= checked, (inner - checked, str(op_by_op))
-    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    flatbuffer, _ = layer_checks.check_export(
+        qat, x, expected_ops, quantize_ops=None,
+        absent_ops=("WHILE", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN"))
     return flatbuffer
 
 
@@ -121,12 +106,7 @@ def test_layer_exports_integer_only_and_matches_op_by_op(name):
     for name in ("lstm", "gru", "gru_sequences", "simple_rnn_sequences_backwards",
                  "time_distributed"))])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
-    model = float_model(name)
-    x = inputs(name, 16)
-    qat = tfqat.quantize_model(model, tfqat.QuantConfig(weight_bits=16, activation_bits=16))
-    tfqat.calibrate(qat, x)
-    np.testing.assert_allclose(qat.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=5e-3)
+    check_matches_float_at_16_bits(float_model(name), inputs(name, 16), atol=5e-3)
 
 
 @pytest.mark.parametrize("name, layer", [
@@ -142,21 +122,14 @@ def test_qat_layer_matches_the_float_layer_at_16_bits(name):
 def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 64)
-    y = np.random.default_rng(2).integers(0, 4, 64)
-    qat.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
+    fit_briefly(qat, x, np.random.default_rng(2).integers(0, 4, 64), epochs=2)
     composite = qat.get_layer(layer)
     tracked = [q for q in composite.inner_quantizers if q.fixed_range is None]
     assert tracked and all(int(q.step.numpy()) == 8 and q.is_calibrated for q in tracked)
-    path = tmp_path / "qat.keras"
-    qat.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = save_and_load(qat, tmp_path / "qat.keras", x)
     assert type(loaded.get_layer(layer)) is type(composite)
     for q, q_loaded in zip(composite.inner_quantizers, loaded.get_layer(layer).inner_quantizers):
         assert q.name == q_loaded.name and q.current_range() == q_loaded.current_range()
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     check_export(loaded, x, CASES[name][2])
 
 

@@ -28,8 +28,9 @@ the interpreter's own input tensors, on CNN, merge and transformer graphs):
   FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, AVERAGE_POOL_2D, MAX_POOL_2D,
   MEAN, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, CONCATENATION (equal scales),
   PAD, PADV2, QUANTIZE (int8 -> int8), DEQUANTIZE, MAXIMUM, MINIMUM, RELU, RELU6,
-  GATHER, and SHAPE / STRIDED_SLICE / PACK (the shape arithmetic of a reshape with
-  a dynamic batch, and copies of int8 slices).
+  GATHER, SHAPE / STRIDED_SLICE / PACK (the shape arithmetic of a reshape with
+  a dynamic batch, and copies of int8 slices), and NOT_EQUAL / SELECT_V2 (an
+  int32 or bool attention mask choosing int8 values at one scale).
 - bit-exact where tested, by a float32 formula: LOGISTIC, TANH, GELU, RSQRT (a
   256-entry table of the function in float32, rounded half away from zero, as
   LiteRT builds it). These depend on float32 libm results: a last-bit difference
@@ -88,7 +89,8 @@ EXACTNESS = {
         "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL",
         "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
         "TRANSPOSE", "CONCATENATION", "PAD", "PADV2", "QUANTIZE", "DEQUANTIZE", "MAXIMUM",
-        "MINIMUM", "RELU", "RELU6", "GATHER", "SHAPE", "STRIDED_SLICE", "PACK")},
+        "MINIMUM", "RELU", "RELU6", "GATHER", "SHAPE", "STRIDED_SLICE", "PACK", "NOT_EQUAL",
+        "SELECT_V2")},
     "LOGISTIC": FLOAT_LUT, "TANH": FLOAT_LUT, "GELU": FLOAT_LUT, "RSQRT": FLOAT_LUT,
     "SOFTMAX": FLOAT_SOFTMAX,
 }
@@ -716,6 +718,34 @@ def _gather(ctx, op):
     return run
 
 
+def _not_equal(ctx, op):
+    # An int32 (or bool) mask compared with a constant: a bool. int8 operands would need equal
+    # quantization to compare raw values; tfqat's graphs compare int32 masks only.
+    a_t, b_t = op.inputs[0], op.inputs[1]
+    for t in (a_t, b_t):
+        if t.dtype not in ("int32", "bool"):
+            ctx.fail(op, f"tensor '{t.name}' is {t.dtype}; evaluate_int8 compares int32 or "
+                         "bool tensors only.")
+
+    def run(inputs, batch):
+        return tf.not_equal(inputs[0], inputs[1])
+    return run
+
+
+def _select_v2(ctx, op):
+    # SELECT_V2's int8 kernel copies raw values: both branches at the output's quantization.
+    cond_t, a_t, b_t, out = op.inputs[0], op.inputs[1], op.inputs[2], op.outputs[0]
+    if cond_t.dtype != "bool":
+        ctx.fail(op, f"condition '{cond_t.name}' is {cond_t.dtype}, not bool.")
+    _requires_int8(ctx, op, [a_t, b_t, out])
+    _same_quantization(ctx, op, a_t, out)
+    _same_quantization(ctx, op, b_t, out)
+
+    def run(inputs, batch):  # broadcasts as SELECT_V2 does
+        return tf.where(inputs[0], inputs[1], inputs[2])
+    return run
+
+
 def _lookup_table(function):
     def build(ctx, op):
         x_t, out = op.inputs[0], op.outputs[0]
@@ -786,6 +816,7 @@ _BUILDERS = {
     "MAXIMUM": _maximum_or_minimum, "MINIMUM": _maximum_or_minimum,
     "RELU": _relu, "RELU6": _relu, "GATHER": _gather,
     "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack,
+    "NOT_EQUAL": _not_equal, "SELECT_V2": _select_v2,
     "LOGISTIC": _lookup_table(lambda x, op: np.float32(1) / (np.float32(1) + np.exp(-x))),
     "TANH": _lookup_table(lambda x, op: np.tanh(x)),
     "GELU": _lookup_table(_gelu),

@@ -33,7 +33,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema_fb
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-INTEGER_DTYPES = ("int8", "int32")
+# bool is no float: a comparison's result and SELECT_V2's condition (a bool attention mask).
+INTEGER_DTYPES = ("int8", "int32", "bool")
 # Integer dtypes that carry a scale and zero point as inputs/outputs of a model.
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
 # Metadata entry that export_tflite(..., allow_float_ops=True) adds to the .tflite.
@@ -220,14 +221,15 @@ class TFLiteReport:
 
     @property
     def float_ops(self) -> list:
-        """Ops that are not integer kernels: a non-int8/int32 tensor, DEQUANTIZE, float QUANTIZE."""
+        """Ops that are not integer kernels: a non-int8/int32/bool tensor, DEQUANTIZE, float QUANTIZE."""
         return [op for op in self.ops if not op.is_integer]
 
     @property
     def integer_only(self) -> bool:
-        # Token-id inputs (an Embedding's GATHER indices) stay int32.
+        # Token-id inputs (an Embedding's GATHER indices) stay int32, attention masks bool
+        # or int32.
         io_int8 = all(t.dtype == "int8" for t in self.outputs) and \
-            all(t.dtype in ("int8", "int32") for t in self.inputs)
+            all(t.dtype in INTEGER_DTYPES for t in self.inputs)
         return io_int8 and not self.float_ops
 
     def __str__(self) -> str:

@@ -11,7 +11,11 @@ is folded into the query kernel and bias (exact in float, and per-tensor
 symmetric quantization scales with it), which saves a MUL and a rounding.
 
 An attention_mask tensor (float, 1 = attend, 0 = not; (batch, T, S)) becomes the same
-penalty computed in int8: (mask - 1) * span, with a fake quant on each step.
+penalty computed in int8: (mask - 1) * span, with a fake quant on each step. A bool
+mask (True = attend) selects the penalty instead: SELECT_V2(mask, 0, -span), whose int8
+kernel takes the bool condition and two constant branches at the penalty's scale; an
+int32 mask (non-zero = attend) becomes that bool by NOT_EQUAL(mask, 0). The bool and
+int32 inputs stay as they are in the .tflite (only float inputs become int8).
 
 A causal mask is an additive constant: 0 where attention is allowed and
 -(span + MASK_MARGIN) where not, span being the scores' int8 range
@@ -46,7 +50,7 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
 
     Called like keras.layers.MultiHeadAttention: `layer(query, value, key=None,
     attention_mask=None, use_causal_mask=False)`, inputs (batch, length, features), the
-    mask a float tensor of 0s and 1s. The output's
+    mask (batch, T, S): float 0s and 1s, bool, or int32 (non-zero = attend). The output's
     fake quant is the rewrite rule's.
 
     Args:
@@ -119,13 +123,13 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
                 f"MultiHeadAttention '{self.name}' is called with return_attention_scores; "
                 "tfqat quantizes attention returning the output only. Leave the layer in "
                 f"float with QuantConfig(exclude=('{self.name}',)).")
-        if attention_mask is not None and not attention_mask.dtype.is_floating:
+        if attention_mask is not None and attention_mask.dtype not in (tf.bool, tf.int32) \
+                and not attention_mask.dtype.is_floating:
             raise ValueError(
                 f"MultiHeadAttention '{self.name}' is called with an attention_mask of dtype "
-                f"{attention_mask.dtype.name}; tfqat quantizes a float mask of 0s and 1s (an "
-                "int8 tensor in the .tflite): a bool or integer mask needs a CAST to float, "
-                "which TFLite runs in float. Pass the mask as a float32 input (1.0 = attend), "
-                f"or leave the layer in float with QuantConfig(exclude=('{self.name}',)).")
+                f"{attention_mask.dtype.name}; tfqat quantizes a bool, int32 or float mask "
+                "(1/True = attend). Pass the mask as a bool or int32 input, or leave the layer "
+                f"in float with QuantConfig(exclude=('{self.name}',)).")
         training = bool(training)
         key = value if key is None else key
         inner = lambda tag, compute, **kw: self._inner(tag, compute, training, **kw)
@@ -141,7 +145,18 @@ class QuantMultiHeadAttention(CompositeQuantLayer):
         causal = np.tril(np.ones((steps_q, steps_k), "float32"))  # as Keras: key j <= query i
         scores_fq = self._scores_fq
         span = tf.stop_gradient(scores_fq.range_max - scores_fq.range_min) + MASK_MARGIN
-        if attention_mask is not None:
+        if attention_mask is not None and not attention_mask.dtype.is_floating:
+            # A bool or int32 mask picks the penalty: SELECT_V2(mask, 0, -span), both branches
+            # constants at the penalty's int8 scale; an int32 mask becomes bool by NOT_EQUAL
+            # (an integer comparison). No CAST, no float op.
+            mask = attention_mask
+            if mask.dtype != tf.bool:
+                mask = tf.not_equal(mask, 0)
+            allowed = tf.constant(causal - 1.0) * span if use_causal_mask else 0.0
+            penalty = inner("mask_penalty", lambda: tf.where(mask, allowed, -span))
+            penalty = tf.expand_dims(penalty, 1)  # (B, T, S) -> (B, 1, T, S): over the heads
+            scores = inner("masked", lambda: scores + penalty)
+        elif attention_mask is not None:
             # (mask - 1) * span: 0 where attended, -span where not; every tensor int8 (MUL,
             # SUB, MUL, then ADD to the scores), each exact at its tracked range's ends.
             mask = attention_mask

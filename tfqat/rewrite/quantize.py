@@ -52,6 +52,7 @@ def quantize_model(model, config: QuantConfig | None = None, registry=None):
     keras.config.set_dtype_policy("float32")
     try:
         _split_activations(graph, config)
+        _reshape_global_pools_of_one_position(graph, config)
         duplicates = _merge_duplicate_calls(graph, config)
         rules = registry.rules if registry is not None else rules_lib.RULES
         return _Rebuilder(graph, config, rules, duplicates).build(name=f"{model.name}_qat")
@@ -77,6 +78,37 @@ def _split_activations(graph: Graph, config: QuantConfig) -> None:
         hidden = graph.new_tensor(graph.shapes[out])
         new_nodes.append(Node(linear, node.args, node.kwargs, [hidden], layer.name, node.scope))
         new_nodes.append(Node(activation, (TensorRef(hidden),), {}, [out], layer.name, node.scope))
+    graph.nodes = new_nodes
+
+
+_GLOBAL_POOLS = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+                 keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D)
+
+
+def _reshape_global_pools_of_one_position(graph: Graph, config: QuantConfig) -> None:
+    """A global pool of a tensor with one spatial position -> a Reshape to its output shape.
+
+    The pool is an identity on values there. As a pool it would be a MEAN (or REDUCE_MAX)
+    of one value, and the converter merges a MEAN of another MEAN's 1x1 output into one
+    MEAN, leaving the RESHAPE between them with two scales: the conversion failed ("same
+    scale constraint"; found by the graph fuzzer, issue 14). A Reshape keeps its input's
+    scale, so the pair becomes one MEAN and a RESHAPE, as the converter wants it.
+    """
+    new_nodes = []
+    for node in graph.nodes:
+        layer = node.layer
+        if type(layer) not in _GLOBAL_POOLS or config.is_excluded(layer) or \
+                len(node.inputs) != 1 or len(node.outputs) != 1 or node.kwargs:
+            new_nodes.append(node)
+            continue
+        shape = graph.shapes[node.inputs[0]]
+        spatial = shape[2:] if layer.data_format == "channels_first" else shape[1:-1]
+        if any(size != 1 for size in spatial):  # None (unknown) or more than one position
+            new_nodes.append(node)
+            continue
+        (out,) = node.outputs
+        reshape = keras.layers.Reshape(graph.shapes[out][1:], name=layer.name)
+        new_nodes.append(Node(reshape, node.args, {}, [out], node.config_name, node.scope))
     graph.nodes = new_nodes
 
 
@@ -234,25 +266,11 @@ class _Rebuilder:
         for refuses, message in _REFUSALS:
             if refuses(node):
                 raise UnsupportedLayerError(message(node))
-        if self._pools_a_pooled_tensor(node):
-            raise UnsupportedLayerError(
-                f"Layer '{node.float_name}' ({type(node.layer).__name__}) averages the 1x1 "
-                "output of another global average pool: the converter merges the two MEANs "
-                "and cannot export the pair with the scales the QAT model gives them. Remove "
-                "it (it is an identity), or exclude it.")
         for rule in self.rules:
             matched = self._match_rule(rule, index)
             if matched is not None:
                 return rule, matched
         raise UnsupportedLayerError(_unsupported_message(node))
-
-    def _pools_a_pooled_tensor(self, node):
-        # Found by the graph fuzzer (GAP -> GAP -> Flatten failed to convert: a RESHAPE's
-        # input and output at two scales); open in issue 14.
-        if not (rules_lib.is_global_average_pool(node.layer) and len(node.inputs) == 1):
-            return False
-        producer = self.graph.producer(node.inputs[0])
-        return producer is not None and rules_lib.is_global_average_pool(producer.layer)
 
     def _match_rule(self, rule, index):
         nodes = self.graph.nodes

@@ -17,7 +17,8 @@ def is_multi_head_attention(layer) -> bool:
 
 def uses_unsupported_attention_call(node) -> bool:
     """Whether a graph node calls MultiHeadAttention with return_attention_scores=True
-    (tfqat quantizes attention returning its output only; a float attention_mask is fine).
+    (tfqat quantizes attention returning its output only; a float, bool or int32
+    attention_mask is fine).
 
     Example:
       >>> x = keras.Input((6, 8))
