@@ -1,6 +1,7 @@
 """The two BatchNorm fold modes side by side: QAT step time and int8 accuracy (ResNet-8).
 
   python bench/bn_fold.py --data=PATH [--quick] [--tfmot_python=PY] [--update_benchmarks]
+  python bench/bn_fold.py --data=PATH --memory_only [--update_benchmarks]  (memory rows only)
 
 `QuantConfig(bn_fold="exact")` (the default) takes the batch statistics before the freeze
 from a second, unquantized convolution; `bn_fold="approximate"` takes them from the
@@ -15,6 +16,9 @@ $TFQAT_TFMOT_PYTHON) gives an interpreter with it.
 Accuracy: one float ResNet-8 trained on a CIFAR-10 subset, then QAT in each mode from
 the same weights, same data order and schedule (BN freeze halfway), int8 .tflite test
 accuracy and agreement with its own QAT model. --data as in bench/real.py.
+Peak memory: each model alone in a fresh process, a few training steps on the same batch;
+the peak resident size above the size before the steps (Linux's VmHWM, reset after the
+first step).
 """
 
 from __future__ import annotations
@@ -46,35 +50,84 @@ PRESETS = {
     # About 20 minutes on 2 shared cores.
     "default": dict(data=real.Config("bn_fold", [real.RESNET8], seeds=[0], train=3000,
                                      validation=200, test=1000, float_epochs=4, qat_epochs=2,
-                                     calibration_images=256), warmup=5, rounds=40),
+                                     calibration_images=256), warmup=5, rounds=40,
+                    memory_steps=20),
     "quick": dict(data=real.Config("bn_fold quick", [real.RESNET8], seeds=[0], train=500,
                                    validation=100, test=200, float_epochs=1, qat_epochs=1,
-                                   calibration_images=64), warmup=2, rounds=6),
+                                   calibration_images=64), warmup=2, rounds=6,
+                  memory_steps=3),
 }
 
 
 def step_ratios(x, y, warmup, rounds):
     """{label: ratio stats to float} for ResNet-8 at batch len(x), steps interleaved."""
+    steps = {label: common.train_step_fn(model, x, y)
+             for label, model in _variants(x.shape[1:]).items()}
+    times = common.interleaved_times(steps, warmup, rounds)
+    return {label: common.ratio_stats(times[label], times["float"])
+            for label in times if label != "float"}
+
+
+def _variants(input_shape):
+    """{label: compiled model}: float ResNet-8 and its QAT models in each fold mode."""
     import keras
 
     import tfqat
     from tfqat.training import models
 
     keras.utils.set_random_seed(0)
-    float_model = models.build_model("resnet8", x.shape[1:], 10, 1.0)
+    float_model = models.build_model("resnet8", input_shape, 10, 1.0)
     variants = {"float": float_model}
     for mode in MODES:
         variants[f"{mode} before freeze"] = tfqat.quantize_model(
             float_model, tfqat.QuantConfig(bn_freeze_delay=10**9, bn_fold=mode))
     variants["after freeze"] = tfqat.quantize_model(float_model, tfqat.QuantConfig(bn_freeze_delay=0))
-    steps = {}
-    for label, model in variants.items():
+    for model in variants.values():
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                       jit_compile=False)
-        steps[label] = common.train_step_fn(model, x, y)
-    times = common.interleaved_times(steps, warmup, rounds)
-    return {label: common.ratio_stats(times[label], times["float"])
-            for label in times if label != "float"}
+    return variants
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1])
+
+
+def memory_child(label, batch_npz, steps):
+    """Peak resident memory of a fit of one variant (`steps` steps), in this process.
+
+    The peak (VmHWM) is reset once the model is built and compiled, so `fit_mb` is what
+    the fit adds: the traced training step (graph, kernels' buffers) and the
+    activations, gradients and optimizer slots of its steps (Linux only).
+    """
+    batch = np.load(batch_npz)
+    model = _variants(batch["x"].shape[1:])[label]
+    step = common.train_step_fn(model, batch["x"], batch["y"])
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current resident size
+    resident = _status_kb("VmRSS:")
+    for _ in range(steps):
+        step()
+    peak = _status_kb("VmHWM:")
+    return {"resident_mb": resident / 1024, "peak_mb": peak / 1024,
+            "fit_mb": (peak - resident) / 1024}
+
+
+def peak_memory(x, y, steps, workdir):
+    """{label: memory_child figures}, each variant alone in a fresh process (its own peak)."""
+    import subprocess
+
+    path = pathlib.Path(workdir) / "bn_fold_memory_batch.npz"
+    np.savez(path, x=x, y=y)
+    out = {}
+    for label in ("float", *(f"{mode} before freeze" for mode in MODES), "after freeze"):
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory_child", label, "--batch_npz", str(path),
+             "--steps", str(steps)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory measurement of {label!r} failed:\n{done.stderr[-3000:]}")
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 def tfmot_step_ratio(tfmot, x, y, warmup, rounds, workdir):
@@ -135,19 +188,55 @@ def render(results):
               "of two; its gradients are not those of Keras's Conv -> BatchNormalization (the "
               "statistics come from the fake-quantized weights), which is what the accuracy "
               "column weighs.", ""]
+    if results.get("peak_memory"):
+        lines += _memory_table(results)
     return "\n".join(lines) + "\n"
+
+
+def _memory_table(results):
+    memory = results["peak_memory"]
+    base = memory["float"]["fit_mb"]
+    lines = ["Peak memory of a fit, batch 32: each model built alone in a fresh process (all "
+             "four variants are built there, one is trained), then "
+             f"{results['memory_steps']} training steps; \"memory the fit adds\" is the peak "
+             "resident size (VmHWM, reset after building and compiling) above the resident "
+             "size before the first step: the traced training step with its kernels' buffers, "
+             "and the activations, gradients and optimizer slots of the steps.", "",
+             "| | resident before the fit (MB) | peak (MB) | memory the fit adds (MB) | "
+             "over float |", "| --- | --- | --- | --- | --- |"]
+    for label, figures in memory.items():
+        ratio = "1.00" if label == "float" else f"{figures['fit_mb'] / base:.2f}" if base > 0 \
+            else "n/a"
+        lines.append(f"| {label} | {figures['resident_mb']:.0f} | {figures['peak_mb']:.0f} | "
+                     f"{figures['fit_mb']:.1f} | {ratio} |")
+    return lines + ["", "Measured with the peak reset after the first step instead (a quick "
+                    "run), the later steps added 1-3 MB in every variant: what a fit adds "
+                    "appears in its first, tracing step (the traced graph and the buffers its "
+                    "kernels allocate), larger for QAT's fake quants, corrections and freeze "
+                    "switch, and about the same in both fold modes. TFMOT's fit memory is not "
+                    "measured here.", ""]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="CIFAR-10 .npz (as bench/real.py)")
+    parser.add_argument("--data", help="CIFAR-10 .npz (as bench/real.py; required)")
     parser.add_argument("--quick", action="store_true", help="a few minutes (the slow tests)")
     parser.add_argument("--output", help="JSON results (default bench/results/bn_fold.json)")
     parser.add_argument("--tfmot_python", help="interpreter with TFMOT ('none' skips it)")
     parser.add_argument("--update_benchmarks", action="store_true",
                         help="write the section into BENCHMARKS.md")
+    parser.add_argument("--memory_only", action="store_true",
+                        help="measure peak memory only, into the existing --output results")
+    parser.add_argument("--memory_child", help=argparse.SUPPRESS)  # one variant, this process
+    parser.add_argument("--batch_npz", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.batch_npz, args.steps)))
+        return
+    if not args.data:
+        parser.error("--data is required")
     preset = PRESETS["quick" if args.quick else "default"]
     arrays = real.load_cifar10(args.data)  # bad --data fails before any training
     import run as bench_run
@@ -157,6 +246,16 @@ def main(argv=None):
     batch = data["x_train"][:32], data["y_train"][:32]
     workdir = pathlib.Path(args.output or BENCH / "results" / "bn_fold.json").parent
     workdir.mkdir(parents=True, exist_ok=True)
+    output = pathlib.Path(args.output) if args.output else BENCH / "results" / "bn_fold.json"
+    if args.memory_only:  # adds the memory figures to an earlier run's results
+        results = json.loads(output.read_text())
+        results["memory_steps"] = preset["memory_steps"]
+        results["peak_memory"] = peak_memory(*batch, preset["memory_steps"], workdir)
+        common.atomic_write(output, json.dumps(results, indent=1))
+        print(render(results))
+        if args.update_benchmarks:
+            real.update_benchmarks(render(results), markers=(SECTION_START, SECTION_END))
+        return
     tfmot = bench_run.find_tfmot(args.tfmot_python, workdir)
     results = {
         "config": dataclasses.asdict(preset["data"]), "rounds": preset["rounds"],
@@ -165,9 +264,10 @@ def main(argv=None):
         "tfmot_step_ratio": tfmot_step_ratio(tfmot, *batch, preset["warmup"], preset["rounds"],
                                              workdir),
         "accuracy": accuracies(data, preset["data"]),
+        "memory_steps": preset["memory_steps"],
+        "peak_memory": peak_memory(*batch, preset["memory_steps"], workdir),
     }
     results["total_s"] = time.perf_counter() - start
-    output = pathlib.Path(args.output) if args.output else BENCH / "results" / "bn_fold.json"
     common.atomic_write(output, json.dumps(results, indent=1))
     print(render(results))
     if args.update_benchmarks:

@@ -466,9 +466,9 @@ def render(results, plot_path):
             "converter has no 4-bit PTQ, so that row has no converter entry.", ""]
     if results["tfmot"]["note"]:
         out += [f"TFMOT: {results['tfmot']['note']}.", ""]
-    out += ["Not measured here (issue 12): QAT/float step-time ratio and peak memory on CIFAR-10 "
-            "(see B1 above for the step ratio on random data), the XNNPACK-delegate fidelity, "
-            "vit_tiny.", ""]
+    out += ["QAT/float step time and peak memory on CIFAR-10 (ResNet-8): see \"BatchNorm fold "
+            "modes\" below. Not measured here (issue 12): the XNNPACK-delegate fidelity of "
+            "these models, vit_tiny.", ""]
     if plot_path:
         out += [f"![int8 accuracy per row]({plot_path})", ""]
     return "\n".join(out) + "\n"

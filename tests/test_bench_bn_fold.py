@@ -32,6 +32,13 @@ def test_quick_preset_measures_both_modes_and_renders_the_section(tmp_path):
         # int8 model keeps the float model's accuracy, and each .tflite follows its QAT model.
         assert scores["int8"] >= float_accuracy - 0.05, (mode, scores, float_accuracy)
         assert scores["agreement"] > 0.9, (mode, scores)
+    memory = results["peak_memory"]
+    assert set(memory) == {"float", "exact before freeze", "approximate before freeze",
+                           "after freeze"}
+    for label, figures in memory.items():  # resident sizes of a real TensorFlow process
+        assert 100 < figures["resident_mb"] <= figures["peak_mb"], (label, figures)
+        assert figures["fit_mb"] > 0, (label, figures)
+    assert "| memory the fit adds (MB) |" in done.stdout
     assert '| bn_fold="approximate" |' in done.stdout and "## BatchNorm fold modes" in done.stdout
 
 
