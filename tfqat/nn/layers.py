@@ -358,12 +358,41 @@ class QuantConv2D(_QuantConvolution):
       TensorShape([1, 8, 8, 8])
     """
 
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Conv2D `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   dilation_rate=layer.dilation_rate, groups=getattr(layer, "groups", 1),
+                   **settings)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
+        # groups > 1: one grouped CONV_2D (its filter has C / groups input channels), as in
+        # QuantConv1D; the converter keeps it one integer-only CONV_2D (checked, TF 2.21).
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={groups} must be positive and "
+                             f"divide filters={filters}.")
+
     def _kernel_shape(self, input_shape):
-        return (*self.kernel_size, input_shape[-1], self.filters)
+        if input_shape[-1] % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={self.groups} does not divide the "
+                             f"{input_shape[-1]} input channels.")
+        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def _linear(self, x, kernel_view):
-        return tf.nn.conv2d(x, kernel_view, strides=self.strides, padding=self.padding.upper(),
-                            dilations=self.dilation_rate)
+        conv = lambda inputs, kernel: tf.nn.conv2d(
+            inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+            dilations=self.dilation_rate)
+        if self.groups == 1:
+            return conv(x, kernel_view)
+        return _grouped_conv(conv, self.groups, x, kernel_view)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
