@@ -298,7 +298,7 @@ def _replicas_in_sync() -> int:
 
 
 def _restore_leading_dims(outputs, inputs, channels):
-    """Reshapes [N', 1, 1, channels] back to inputs' leading dims + [channels]."""
+    """Reshapes [N', 1, 1, channels] or [N', channels] back to inputs' leading dims + [channels]."""
     inner = list(inputs.shape[1:-1])
     if all(d is not None for d in inner):  # a static shape keeps TFLite free of SHAPE ops
         return tf.reshape(outputs, [-1, *inner, channels])
@@ -455,7 +455,7 @@ class QuantDense(FusedQuantLayer):
     Per-channel weights run as a 1x1 convolution: in TF 2.21 the converter
     cannot carry a per-axis quantized kernel through FULLY_CONNECTED's weight
     transpose ("mismatched quantized axes"), but CONV_2D takes it. Per-tensor
-    weights run as a plain matmul (FULLY_CONNECTED).
+    weights run as a plain [N', C] matmul (FULLY_CONNECTED, the bias fused).
 
     Example:
       >>> QuantDense(10)(tf.zeros([2, 16])).shape
@@ -485,17 +485,21 @@ class QuantDense(FusedQuantLayer):
     def _to_op_layout(self, inputs):
         if self.per_channel:
             return tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+        # Per tensor on more than two axes, a [N', C] matmul too: the converter leaves a
+        # tensordot with a nonzero bias in float (FULLY_CONNECTED, RESHAPE, ADD; TF 2.21).
+        if len(inputs.shape) > 2:
+            return tf.reshape(inputs, [-1, inputs.shape[-1]])
         return inputs
 
     def _from_op_layout(self, outputs, inputs):
-        if self.per_channel:
+        if self.per_channel or len(inputs.shape) > 2:
             return _restore_leading_dims(outputs, inputs, self.units)
         return outputs
 
     def _linear(self, x, kernel_view):
         if self.per_channel:
             return tf.nn.conv2d(x, kernel_view, 1, "VALID")
-        return tf.tensordot(x, kernel_view, axes=1) if len(x.shape) > 2 else tf.matmul(x, kernel_view)
+        return tf.matmul(x, kernel_view)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

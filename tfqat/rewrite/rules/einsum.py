@@ -27,11 +27,14 @@ from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step
 
 @dataclasses.dataclass(frozen=True)
 class DenseForm:
-    """How an EinsumDense equation is a Dense: the kernel permutation and the view sizes."""
+    """How an EinsumDense equation is a Dense: the kernel permutation, the view sizes and
+    the transposes around it (None where the axes are already in order)."""
 
-    contracted: str  # the input's trailing axes that the kernel contracts, in input order
+    contracted: str  # the input's axes that the kernel contracts, in input order
     kernel_out: str  # the kernel's output axes, in output order
     kernel_perm: tuple  # kernel axes permuted to (contracted..., kernel_out...)
+    input_perm: tuple | None = None  # input axes -> (free..., contracted...), batch first
+    output_perm: tuple | None = None  # (free..., kernel_out...) -> the output's axes
 
 
 def is_einsum_dense(layer) -> bool:
@@ -39,31 +42,71 @@ def is_einsum_dense(layer) -> bool:
     return type(layer) is keras.layers.EinsumDense
 
 
-def dense_form(equation: str) -> DenseForm | None:
-    """The DenseForm of an EinsumDense equation, or None if it is not a Dense on trailing axes.
-
-    Example:
-      >>> dense_form("abc,cde->abde").kernel_out, dense_form("abc,cd->abd").contracted
-      ('de', 'c')
-      >>> dense_form("abc,bcd->abd") is None  # the weight depends on axis b
-      True
-    """
+def _parse(equation):
     text = equation.replace(" ", "")
     if "->" not in text or text.count(",") != 1:
         return None
     operands, output = text.split("->")
     source, kernel = operands.split(",")
-    if source.startswith("...") and output.startswith("..."):
+    ellipsis = source.startswith("...") and output.startswith("...")
+    if ellipsis:
         source, output = source[3:], output[3:]
-    if "." in source + kernel + output or len(set(kernel)) != len(kernel):
+    if "." in source + kernel + output or any(len(set(t)) != len(t) for t in (source, kernel, output)):
         return None
+    return source, kernel, output, ellipsis
+
+
+def shared_kernel_axes(equation: str) -> str:
+    """The axes that the input, the kernel and the output all have (a weight per position:
+    a BATCH_MATMUL with a constant operand, not a Dense).
+
+    Example:
+      >>> shared_kernel_axes("abc,bcd->abd"), shared_kernel_axes("abc,cd->abd")
+      ('b', '')
+    """
+    parsed = _parse(equation)
+    if parsed is None:
+        return ""
+    source, kernel, output, _ = parsed
+    return "".join(c for c in source if c in kernel and c in output)
+
+
+def dense_form(equation: str) -> DenseForm | None:
+    """The DenseForm of an EinsumDense equation, or None if it is not a Dense, possibly
+    between transposes of the non-batch axes.
+
+    The input's axes that the kernel contracts are moved last (a TRANSPOSE in front when
+    they are not), the Dense gives (free axes..., kernel axes...), and a TRANSPOSE after it
+    puts those in the output's order. The batch axis (the first, or the ellipsis) stays first.
+
+    Example:
+      >>> dense_form("abc,cde->abde").kernel_out, dense_form("abc,cd->abd").contracted
+      ('de', 'c')
+      >>> dense_form("abc,bd->adc").input_perm, dense_form("abc,bd->adc").output_perm
+      ((0, 2, 1), (0, 2, 1))
+      >>> dense_form("abc,bcd->abd") is None  # the weight depends on axis b
+      True
+    """
+    parsed = _parse(equation)
+    if parsed is None:
+        return None
+    source, kernel, output, ellipsis = parsed
     contracted = "".join(c for c in source if c in kernel and c not in output)
     free = "".join(c for c in source if c not in contracted)
     kernel_out = "".join(c for c in output if c in kernel and c not in source)
-    if (not contracted or source != free + contracted or output != free + kernel_out
+    if (not contracted or set(free) & set(kernel) or set(output) != set(free + kernel_out)
             or set(kernel) != set(contracted + kernel_out)):
         return None
-    return DenseForm(contracted, kernel_out, tuple(kernel.index(c) for c in contracted + kernel_out))
+    input_perm = tuple(source.index(c) for c in free + contracted)
+    output_perm = tuple((free + kernel_out).index(c) for c in output)
+    identity = lambda perm: perm == tuple(range(len(perm)))
+    if not (identity(input_perm) and identity(output_perm)):
+        # The transposes move named axes only: the batch axis must be the first one.
+        if ellipsis or not free or source[0] != free[0] or output[0] != free[0]:
+            return None
+    return DenseForm(contracted, kernel_out, tuple(kernel.index(c) for c in contracted + kernel_out),
+                     None if identity(input_perm) else input_perm,
+                     None if identity(output_perm) else output_perm)
 
 
 def _refusal(layer, reason):
@@ -87,9 +130,15 @@ def build_einsum_dense(match, cfg) -> Replacement:
     """
     einsum, relu = match["einsum"], match.get("relu")
     form = dense_form(einsum.equation)
+    shared = shared_kernel_axes(einsum.equation)
+    if form is None and shared:
+        raise _refusal(einsum, f"has a weight per position of axis '{shared}' (a BATCH_MATMUL "
+                               "with a constant operand, which TF 2.21's converter leaves "
+                               "float)")
     if form is None:
-        raise _refusal(einsum, "is not a Dense on the input's trailing axes (it would need "
-                               "BATCH_MATMUL with a constant, a transpose or a reduction)")
+        raise _refusal(einsum, "is not a Dense between transposes of the non-batch axes (it "
+                               "sums an axis away, moves the batch axis, or transposes "
+                               "the axes of an ellipsis)")
     if einsum.bias_axes is not None and not set(einsum.bias_axes) <= set(form.kernel_out):
         raise _refusal(einsum, "adds a bias along an axis of the input")
     if getattr(einsum, "quantization_mode", None) is not None or einsum.lora_enabled:
@@ -109,14 +158,32 @@ def build_einsum_dense(match, cfg) -> Replacement:
                                                      name=f"{einsum.name}_flatten"))
     if len(out_dims) != 1:
         layers.append(qlayers.ReshapeTrailingAxes(1, out_dims, name=f"{einsum.name}_split"))
+    # Int8 TRANSPOSEs, which keep the scale: the output fake quant after the last one is
+    # the Dense's too.
+    if form.input_perm is not None:
+        layers.insert(0, keras.layers.Permute(form.input_perm[1:], name=f"{einsum.name}_transpose_in"))
+    if form.output_perm is not None:
+        layers.append(keras.layers.Permute(form.output_perm[1:], name=f"{einsum.name}_transpose_out"))
 
     def load():
         dense.kernel.assign(kernel.reshape(size_in, size_out))
         if dense.bias is not None:
-            bias = keras.ops.convert_to_numpy(einsum.bias)
-            dense.bias.assign(np.broadcast_to(bias, out_dims).reshape(size_out))
+            dense.bias.assign(_dense_bias(einsum, form, out_dims).reshape(size_out))
 
     return Replacement(layers, TRACKED, load)
+
+
+def _dense_bias(einsum, form, out_dims):
+    """The EinsumDense bias over the kernel's output axes, in the Dense's order.
+
+    Keras aligns the bias with the output's trailing axes (size 1 on the others)."""
+    _, _, output, _ = _parse(einsum.equation)
+    bias = keras.ops.convert_to_numpy(einsum.bias)
+    bias = bias.reshape((1,) * (len(output) - bias.ndim) + bias.shape)
+    # The bias axes are kernel output axes (checked), so the others have size 1; kernel_out
+    # is in the output's order, so dropping them leaves the Dense's order.
+    return np.broadcast_to(bias.reshape([bias.shape[output.index(c)] for c in form.kernel_out]),
+                           out_dims)
 
 
 RULES = (
