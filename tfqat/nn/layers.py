@@ -23,6 +23,7 @@ value and gradient, so the frozen branch skips the batch-statistics op.
 
 from __future__ import annotations
 
+import numpy as np
 import keras
 import tensorflow as tf
 
@@ -886,4 +887,83 @@ class ReshapeTrailingAxes(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_axes=self.num_axes, dims=list(self.dims))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantEinsumBatchMatMul(keras.layers.Layer):
+    """An EinsumDense whose kernel has a weight per position of an input axis (such as
+    'abc,bcd->abd'), as TRANSPOSE, RESHAPE, BATCH_MATMUL with a constant int8 operand,
+    RESHAPE, TRANSPOSE: all int8 in TF 2.21's converter (checked). No bias (BATCH_MATMUL
+    has none) and per-tensor weights (int8 BATCH_MATMUL takes one weight scale).
+
+    The kernel is kept as [shared, contracted, kernel output] (each axis group flattened).
+
+    Example:
+      >>> layer = QuantEinsumBatchMatMul("abc,bcd->abd", (6, 4, 5))
+      >>> layer(tf.zeros([2, 6, 4])).shape
+      TensorShape([2, 6, 5])
+    """
+
+    def __init__(self, equation, kernel_shape, weight_bits=8, quant_delay=0,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.equation = equation.replace(" ", "")
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        self.weight_bits = int(weight_bits)
+        self.quant_delay = int(quant_delay)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        operands, self._output = self.equation.split("->")
+        self._source, self._kernel_axes = operands.split(",")
+        source, kernel, output = self._source, self._kernel_axes, self._output
+        self._shared = "".join(c for c in source if c in kernel and c in output)
+        self._contracted = "".join(c for c in source if c in kernel and c not in output)
+        self._free = "".join(c for c in source if c not in kernel)  # the batch axis first
+        self._kernel_out = "".join(c for c in output if c in kernel and c not in source)
+        size = dict(zip(kernel, self.kernel_shape))
+        self._sizes = size
+        self.kernel_perm = tuple(kernel.index(c) for c in self._shared + self._contracted +
+                                 self._kernel_out)
+        self._matrix_shape = tuple(int(np.prod([size[c] for c in part])) for part in
+                                   (self._shared, self._contracted, self._kernel_out))
+
+    def build(self, input_shape):
+        self._input_sizes = dict(zip(self._source, input_shape))
+        self.kernel = self.add_weight(name="kernel", shape=self._matrix_shape,
+                                      initializer=self.kernel_initializer)
+        self.step = add_step_counter(self)
+
+    def quantized_kernel(self, training=False):
+        """FQ(kernel), per tensor: the BATCH_MATMUL's int8 constant in float."""
+        quantize = lambda: fake_quant_weights(self.kernel, self.weight_bits, per_channel=False,
+                                              container_bits=8)
+        if not training:
+            return quantize()
+        return pass_through_during_delay(self.step.value, self.quant_delay, self.kernel, quantize)
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        shared, free, contracted = self._shared, self._free, self._contracted
+        order = shared + free + contracted
+        x = tf.transpose(inputs, [self._source.index(c) for c in order])
+        x = tf.reshape(x, [self._matrix_shape[0], -1, self._matrix_shape[1]])
+        y = tf.matmul(x, self.quantized_kernel(training))  # [shared, batch * free, out]
+        inner = [self._input_sizes[c] for c in free[1:]]
+        y = tf.reshape(y, [*(self._sizes[c] for c in shared), -1, *inner,
+                           *(self._sizes[c] for c in self._kernel_out)])
+        made = shared + free + self._kernel_out
+        y = tf.transpose(y, [made.index(c) for c in self._output])
+        if training:
+            self.step.assign_add(1)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        sizes = {**dict(zip(self._source, input_shape)), **self._sizes}
+        return tuple(sizes[c] for c in self._output)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(equation=self.equation, kernel_shape=list(self.kernel_shape),
+                      weight_bits=self.weight_bits, quant_delay=self.quant_delay,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config

@@ -21,8 +21,9 @@ import keras
 import numpy as np
 
 from tfqat.nn import layers as qlayers
+from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.rules.activations import RELU_TAIL, activation_kind
-from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step
+from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step, clone_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,53 @@ def dense_form(equation: str) -> DenseForm | None:
                      None if identity(output_perm) else output_perm)
 
 
+def is_batch_matmul_form(equation: str) -> bool:
+    """Whether an equation with a weight per position of some input axes (shared by the
+    input, the kernel and the output) is a BATCH_MATMUL: every input axis is kept or
+    contracted, the kernel's other axes are contracted or output axes, and the batch axis
+    (the first) is neither shared nor contracted and stays first. No ellipsis.
+
+    Example:
+      >>> is_batch_matmul_form("abc,bcd->abd"), is_batch_matmul_form("abc,bc->ab")
+      (True, False)
+    """
+    parsed = _parse(equation)
+    if parsed is None or parsed[3]:
+        return False
+    source, kernel, output, _ = parsed
+    shared = shared_kernel_axes(equation)
+    contracted = "".join(c for c in source if c in kernel and c not in output)
+    free = "".join(c for c in source if c not in kernel)
+    kernel_out = "".join(c for c in output if c in kernel and c not in source)
+    return bool(shared and contracted and kernel_out and free) and free[0] == source[0] == \
+        output[0] and set(output) == set(shared + free + kernel_out) and \
+        set(kernel) == set(shared + contracted + kernel_out)
+
+
+def build_einsum_batch_matmul(einsum, relu, cfg) -> Replacement:
+    """An EinsumDense with a weight per position as QuantEinsumBatchMatMul [+ ReLU]."""
+    if einsum.bias is not None:
+        raise _refusal(einsum, "has a weight per position of axis "
+                               f"'{shared_kernel_axes(einsum.equation)}' (an int8 BATCH_MATMUL "
+                               "with a constant operand) and a bias, which BATCH_MATMUL cannot "
+                               "fuse; use bias_axes=None and add the bias in a separate layer")
+    layer = qlayers.QuantEinsumBatchMatMul(
+        einsum.equation, tuple(einsum.kernel.shape), weight_bits=cfg.weight_bits,
+        quant_delay=cfg.quant_delay, name=einsum.name)
+    layers = [layer]
+    if relu is not None:
+        # BATCH_MATMUL has no fused activation: the ReLU is its own int8 RELU.
+        layers += [ActivationQuantizer(bits=cfg.activation_bits, ema_decay=cfg.ema_decay,
+                                       quant_delay=cfg.quant_delay, name=f"{einsum.name}_fq"),
+                   clone_layer(relu)]
+
+    def load():
+        kernel = np.transpose(keras.ops.convert_to_numpy(einsum.kernel), layer.kernel_perm)
+        layer.kernel.assign(kernel.reshape(layer.kernel.shape))
+
+    return Replacement(layers, TRACKED, load)
+
+
 def _refusal(layer, reason):
     return ValueError(
         f"EinsumDense '{layer.name}' with equation '{layer.equation}'"
@@ -130,19 +178,21 @@ def build_einsum_dense(match, cfg) -> Replacement:
     """
     einsum, relu = match["einsum"], match.get("relu")
     form = dense_form(einsum.equation)
+    if getattr(einsum, "quantization_mode", None) is not None or einsum.lora_enabled:
+        raise _refusal(einsum, "is already quantized by Keras or has LoRA enabled")
     shared = shared_kernel_axes(einsum.equation)
+    if form is None and is_batch_matmul_form(einsum.equation):
+        return build_einsum_batch_matmul(einsum, relu, cfg)
     if form is None and shared:
-        raise _refusal(einsum, f"has a weight per position of axis '{shared}' (a BATCH_MATMUL "
-                               "with a constant operand, which TF 2.21's converter leaves "
-                               "float)")
+        raise _refusal(einsum, f"has a weight per position of axis '{shared}' but is not a "
+                               "BATCH_MATMUL (the batch axis is shared or contracted, or an "
+                               "axis is summed away)")
     if form is None:
         raise _refusal(einsum, "is not a Dense between transposes of the non-batch axes (it "
                                "sums an axis away, moves the batch axis, or transposes "
                                "the axes of an ellipsis)")
     if einsum.bias_axes is not None and not set(einsum.bias_axes) <= set(form.kernel_out):
         raise _refusal(einsum, "adds a bias along an axis of the input")
-    if getattr(einsum, "quantization_mode", None) is not None or einsum.lora_enabled:
-        raise _refusal(einsum, "is already quantized by Keras or has LoRA enabled")
     kernel = np.transpose(keras.ops.convert_to_numpy(einsum.kernel), form.kernel_perm)
     contracted_dims = kernel.shape[:len(form.contracted)]
     out_dims = kernel.shape[len(form.contracted):]
