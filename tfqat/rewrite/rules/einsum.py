@@ -1,16 +1,22 @@
 """Rules for EinsumDense on its own (outside MultiHeadAttention): the equations that are a
-Dense on the trailing axes, run as tfqat's QuantDense between two RESHAPEs.
+Dense, possibly between transposes, and those with a weight per position (BATCH_MATMUL).
 
-An EinsumDense equation `<input>,<kernel>-><output>` is a Dense when the input's last
-axes are the contracted ones (also the kernel's, in any order), no kernel axis is also an
-output axis of the input, and the output is the input's other axes followed by the
-kernel's own axes: then x viewed as (..., K) times the kernel viewed as (K, N) is the
-output viewed as (..., N). The kernel is permuted and reshaped once, when the weights are
-copied, so per-channel weights (the 1x1 CONV_2D route of QuantDense) are per element of
-the kernel's output axes, and per-tensor ones give FULLY_CONNECTED. A bias over output
-axes of the kernel becomes the Dense bias. Other equations (a weight shared along a
-batch-like axis, which would be BATCH_MATMUL with a constant; a transposed input; a bias
-along an input axis) are refused with the equation named.
+An EinsumDense equation `<input>,<kernel>-><output>` is a Dense when every kernel axis is
+either contracted (in the input, not the output) or an output axis of its own, and every
+other input axis is kept: then x with its contracted axes moved last, viewed as (..., K),
+times the kernel viewed as (K, N) is the output, viewed as (..., N), with its axes in the
+order (kept input axes, kernel output axes). When the contracted axes are not the last
+ones, or the output wants another order, int8 TRANSPOSEs (Permute layers, which keep the
+scale) go before or after; the batch axis stays first. The kernel is permuted and reshaped
+once, when the weights are copied, so per-channel weights (the 1x1 CONV_2D route of
+QuantDense) are per element of the kernel's output axes, and per-tensor ones give
+FULLY_CONNECTED. A bias over output axes of the kernel becomes the Dense bias.
+
+An axis in the input, the kernel and the output (`abc,bcd->abd`) is a weight per
+position: QuantEinsumBatchMatMul, one BATCH_MATMUL with a constant per-tensor int8
+operand (no bias: BATCH_MATMUL has none, so a bias is refused). Other equations (an axis
+summed away, a moved batch axis, a bias along an input axis) are refused with the
+equation named.
 """
 
 from __future__ import annotations
@@ -161,10 +167,12 @@ def _refusal(layer, reason):
     return ValueError(
         f"EinsumDense '{layer.name}' with equation '{layer.equation}'"
         f"{'' if layer.bias_axes is None else f' and bias_axes={layer.bias_axes!r}'} {reason}; "
-        "tfqat quantizes an EinsumDense that is a Dense on the input's trailing axes (such as "
-        "'ab,bc->ac', 'abc,cd->abd', 'abc,cde->abde', 'abde,dec->abc'), with a bias only on "
-        "the kernel's output axes. Leave it in float with "
-        f"QuantConfig(exclude=('{layer.name}',)), or rewrite it as Dense and Reshape layers.")
+        "tfqat quantizes an EinsumDense that is a Dense, possibly between transposes of the "
+        "non-batch axes (such as 'abc,cd->abd', 'abc,cde->abde', 'abde,dec->abc', "
+        "'abc,bd->adc', 'abc,cde->adbe'), with a bias only on the kernel's output axes, or "
+        "one with a weight per position and no bias ('abc,bcd->abd', a BATCH_MATMUL). Leave "
+        f"it in float with QuantConfig(exclude=('{layer.name}',)), or rewrite it as Dense, "
+        "Permute and Reshape layers.")
 
 
 def build_einsum_dense(match, cfg) -> Replacement:
