@@ -374,6 +374,23 @@ def test_einsum_dense_exports_integer_only_and_bypassed_qat_is_the_float_layer(n
                                       run_tflite(flatbuffer, x, kernels="reference").raw)
 
 
+def test_per_tensor_dense_on_a_sequence_with_a_bias_is_one_integer_fully_connected():
+    # As a tensordot, the converter left FULLY_CONNECTED + RESHAPE + ADD float (TF 2.21).
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SEQUENCE, name="x")
+    dense = L.Dense(4, name="seq_dense")
+    model = keras.Model(inp, head(dense(inp)))
+    dense.bias.assign(np.linspace(-1, 1, 4).astype("float32"))
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(per_channel=False))
+    x = np.random.default_rng(1).normal(0, 1, (16, *SEQUENCE)).astype("float32")
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only and report.op_histogram["FULLY_CONNECTED"] == 2, str(report)
+    assert "ADD" not in report.op_histogram, str(report)
+    assert op_fidelity(qat, flatbuffer, x[:8]).max_diff_lsb <= 1.0 + 1e-3
+
+
 @pytest.mark.parametrize("equation, output_shape, bias_axes, message", [
     ("abc,bcd->abd", (6, 8), "d", "per position of axis 'b'.*BATCH_MATMUL.*bias"),
     ("abc,cd->abd", (6, 8), "bd", "bias"),
