@@ -14,7 +14,7 @@ import tensorflow as tf
 import tfqat
 from tfqat.diagnostics.evaluation import run_tflite
 from tfqat.diagnostics.fidelity import op_fidelity
-from tfqat.diagnostics.int8_eval import UnsupportedOpError, evaluate_int8
+from tfqat.diagnostics.int8_eval import evaluate_int8
 from tfqat.nn.composite import CompositeQuantLayer
 from tiny_models import randomize_batchnorm
 
@@ -365,13 +365,14 @@ def test_einsum_dense_exports_integer_only_and_bypassed_qat_is_the_float_layer(n
         assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
     op_by_op = op_fidelity(qat, flatbuffer, x[:8])
     assert op_by_op.unmatched == () and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    # evaluate_int8 (a BATCH_MATMUL's constant operand included) is the reference kernels.
+    np.testing.assert_array_equal(evaluate_int8(flatbuffer, x).outputs.raw,
+                                  run_tflite(flatbuffer, x, kernels="reference").raw)
     if "BATCH_MATMUL" in report.op_histogram:
-        # The TRANSPOSE in front moves the batch axis inside: evaluate_int8 refuses it by name.
-        with pytest.raises(UnsupportedOpError, match="TRANSPOSE.*batch axis"):
-            evaluate_int8(flatbuffer, x)
-    else:
-        np.testing.assert_array_equal(evaluate_int8(flatbuffer, x).outputs.raw,
-                                      run_tflite(flatbuffer, x, kernels="reference").raw)
+        (op,) = [op for op in report.ops if op.name == "BATCH_MATMUL"]
+        weights = op.inputs[1]
+        assert weights.dtype == "int8" and weights.scales.size == 1 and len(weights.shape) == 3
+        assert op.inputs[0].shape[0] == 1  # the batch axis stays first
 
 
 def test_per_tensor_dense_on_a_sequence_with_a_bias_is_one_integer_fully_connected():

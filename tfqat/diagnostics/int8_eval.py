@@ -380,8 +380,13 @@ def _batch_matmul(ctx, op):
         float(np.float32(a_t.scale) * np.float32(b_t.scale)) / float(out.scale))
     depth = a_t.shape[-2] if op.options.get("adj_x") else a_t.shape[-1]
     dtype = ctx.float_dtype(255 * 255 * depth)
-    if ctx.constant(a_t) is not None or ctx.constant(b_t) is not None:
-        ctx.fail(op, "a constant operand is not supported.")
+    if ctx.constant(a_t) is not None:
+        ctx.fail(op, "a constant left operand is not supported.")
+    # A constant right operand (EinsumDense with a weight per position) broadcasts over the
+    # batch when it has fewer axes than the left one, or a leading 1.
+    if ctx.constant(b_t) is not None and not (len(b_t.shape) < len(a_t.shape) or b_t.shape[0] == 1):
+        ctx.fail(op, f"a constant right operand of shape {tuple(b_t.shape)} does not broadcast "
+                     "over the batch axis.")
 
     def run(inputs, batch):
         a, b = (tf.cast(x - t.zero_point, dtype) for x, t in zip(inputs, (a_t, b_t)))

@@ -890,11 +890,16 @@ class ReshapeTrailingAxes(keras.layers.Layer):
         return config
 
 
+def _transpose_unless_identity(x, perm):
+    return x if list(perm) == list(range(len(perm))) else tf.transpose(x, perm)
+
+
 @keras.saving.register_keras_serializable(package="tfqat")
 class QuantEinsumBatchMatMul(keras.layers.Layer):
     """An EinsumDense whose kernel has a weight per position of an input axis (such as
-    'abc,bcd->abd'), as TRANSPOSE, RESHAPE, BATCH_MATMUL with a constant int8 operand,
-    RESHAPE, TRANSPOSE: all int8 in TF 2.21's converter (checked). No bias (BATCH_MATMUL
+    'abc,bcd->abd'), as [TRANSPOSE,] RESHAPE, BATCH_MATMUL with a constant int8 operand
+    broadcast over the batch, RESHAPE[, TRANSPOSE]: all int8 in TF 2.21's converter
+    (checked), the batch axis first throughout. No bias (BATCH_MATMUL
     has none) and per-tensor weights (int8 BATCH_MATMUL takes one weight scale).
 
     The kernel is kept as [shared, contracted, kernel output] (each axis group flattened).
@@ -943,16 +948,18 @@ class QuantEinsumBatchMatMul(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         training = bool(training)
-        shared, free, contracted = self._shared, self._free, self._contracted
-        order = shared + free + contracted
-        x = tf.transpose(inputs, [self._source.index(c) for c in order])
-        x = tf.reshape(x, [self._matrix_shape[0], -1, self._matrix_shape[1]])
-        y = tf.matmul(x, self.quantized_kernel(training))  # [shared, batch * free, out]
-        inner = [self._input_sizes[c] for c in free[1:]]
-        y = tf.reshape(y, [*(self._sizes[c] for c in shared), -1, *inner,
+        shared, batch, free, contracted = self._shared, self._free[0], self._free[1:], self._contracted
+        # [batch, shared, free, contracted] times the [shared, contracted, out] constant,
+        # broadcast over the batch: the batch axis stays first in every tensor.
+        x = _transpose_unless_identity(
+            inputs, [self._source.index(c) for c in batch + shared + free + contracted])
+        inner = [self._input_sizes[c] for c in free]
+        x = tf.reshape(x, [-1, self._matrix_shape[0], int(np.prod(inner)), self._matrix_shape[1]])
+        y = tf.matmul(x, self.quantized_kernel(training))  # [batch, shared, free, out]
+        y = tf.reshape(y, [-1, *(self._sizes[c] for c in shared), *inner,
                            *(self._sizes[c] for c in self._kernel_out)])
-        made = shared + free + self._kernel_out
-        y = tf.transpose(y, [made.index(c) for c in self._output])
+        made = batch + shared + free + self._kernel_out
+        y = _transpose_unless_identity(y, [made.index(c) for c in self._output])
         if training:
             self.step.assign_add(1)
         return y
