@@ -373,6 +373,9 @@ def test_einsum_dense_exports_integer_only_and_bypassed_qat_is_the_float_layer(n
         weights = op.inputs[1]
         assert weights.dtype == "int8" and weights.scales.size == 1 and len(weights.shape) == 3
         assert op.inputs[0].shape[0] == 1  # the batch axis stays first
+        reference = run_tflite(flatbuffer, x, kernels="reference").raw.astype(int)
+        for kernels in ("builtin", "xnnpack"):  # LiteRT's other kernels run it too
+            assert np.abs(run_tflite(flatbuffer, x, kernels=kernels).raw - reference).max() <= 1
 
 
 def test_per_tensor_dense_on_a_sequence_with_a_bias_is_one_integer_fully_connected():
