@@ -14,6 +14,9 @@ import tensorflow as tf
 import tfqat
 import layer_checks
 from layer_checks import check_matches_float_at_16_bits, fit_briefly, save_and_load
+from tfqat.diagnostics.evaluation import run_tflite
+from tfqat.diagnostics.fidelity import op_fidelity
+from tfqat.diagnostics.int8_eval import evaluate_int8
 from tiny_models import randomize_batchnorm
 
 L = keras.layers
@@ -105,6 +108,16 @@ def grouped_conv1d(groups, filters):
     return build
 
 
+def grouped_conv2d(groups, filters, bn=True, **kwargs):
+    def build(inp):
+        x = L.Conv2D(filters, 3, groups=groups, padding="same", use_bias=not bn, name="grouped",
+                     **kwargs)(L.Conv2D(8, 1, name="proj")(inp))
+        if bn:
+            x = L.ReLU()(L.BatchNormalization(name="bn")(x))
+        return head(x)
+    return build
+
+
 IMAGE = (6, 6, 3)
 SEQUENCE = (6, 4)
 LN_OPS = {"MEAN": 2, "SUB": 1, "MUL": 3, "ADD": 2, "RSQRT": 1}
@@ -132,8 +145,27 @@ CASES = {
     "einsum_merge_heads": (einsum("abde,dec->abc", (6, 5), "c", reshape=(6, 2, 2)), SEQUENCE,
                            {"CONV_2D": 1}),
     "einsum_ellipsis": (einsum("...b,bc->...c", 5), SEQUENCE, {"CONV_2D": 1}),
+    # A Dense between int8 TRANSPOSEs: output axes permuted, the contracted axis not last
+    # (token mixing), both, heads first.
+    "einsum_output_transposed": (einsum("abc,cd->adb", (5, 6), "d"), SEQUENCE,
+                                 {"CONV_2D": 1, "TRANSPOSE": 1}),
+    "einsum_token_mixing": (einsum("abc,bd->acd", (4, 5), "d"), SEQUENCE,
+                            {"CONV_2D": 1, "TRANSPOSE": 1}),
+    "einsum_token_mixing_back": (einsum("abc,bd->adc", (5, 4), None, "relu"), SEQUENCE,
+                                 {"CONV_2D": 1, "TRANSPOSE": 2}),
+    "einsum_heads_first": (einsum("abc,cde->adbe", (2, 6, 3), "de"), SEQUENCE,
+                           {"CONV_2D": 1, "TRANSPOSE": 1}),
+    # A weight per position: one BATCH_MATMUL with a constant int8 operand.
+    "einsum_per_position": (einsum("abc,bcd->abd", (6, 5)), SEQUENCE, {"BATCH_MATMUL": 1}),
+    "einsum_per_position_relu": (einsum("abc,cbd->adb", (5, 6), None, "relu"), SEQUENCE,
+                                 {"BATCH_MATMUL": 1}),
     "conv1d_two_groups": (grouped_conv1d(2, 6), SEQUENCE, {"CONV_2D": 2}),
     "conv1d_group_per_channel": (grouped_conv1d(4, 8), SEQUENCE, {"CONV_2D": 2}),
+    # proj, grouped and the head: the grouped conv stays one CONV_2D.
+    "conv2d_two_groups_bn": (grouped_conv2d(2, 6), IMAGE, {"CONV_2D": 3}),
+    "conv2d_four_groups": (grouped_conv2d(4, 12, bn=False, strides=2), IMAGE, {"CONV_2D": 3}),
+    "conv2d_four_groups_bn_dilated": (grouped_conv2d(4, 4, dilation_rate=2), IMAGE,
+                                      {"CONV_2D": 3}),
 }
 # QUANTIZE (int8 -> int8) ops a case needs: a Maximum's input read elsewhere too keeps its
 # own scale, and MAXIMUM needs its inputs at its output's scale.
@@ -161,7 +193,8 @@ def check_export(qat, x, name):
 # The fast suite runs these; the other variants run in the slow suite (each ~5 s of CPU).
 FAST_CASES = ("prelu_shared", "maximum", "nested_max_min", "maximum_of_a_branching_tensor",
               "average", "group_norm", "unit_norm", "random_crop", "einsum_heads",
-              "conv1d_two_groups")
+              "conv1d_two_groups", "conv2d_two_groups_bn", "conv2d_four_groups",
+              "einsum_token_mixing_back", "einsum_per_position")
 
 
 def fast_or_slow(names):
@@ -227,7 +260,8 @@ def test_group_norm_on_another_axis_is_refused_with_the_layer_name():
 
 
 @pytest.mark.parametrize("name", ["group_norm", "unit_norm", "prelu_shared", "average",
-                                  "conv1d_two_groups"])
+                                  "conv1d_two_groups", "conv2d_two_groups_bn",
+                                  "conv2d_four_groups"])
 def test_qat_layer_matches_the_float_layer_at_16_bits(name):
     # PReLU's alpha stays 8-bit (the converter's int8 constant): up to 1/254 of alpha * x off.
     check_matches_float_at_16_bits(float_model(name), inputs(name, 16), atol=2e-2)
@@ -274,10 +308,75 @@ def test_einsum_dense_per_tensor_is_fully_connected_and_matches_the_float_layer(
     np.testing.assert_allclose(q16.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-3)
 
 
+EINSUM_CASES = ["einsum_matrix", "einsum_sequence_relu", "einsum_heads", "einsum_merge_heads",
+                "einsum_ellipsis", "einsum_output_transposed", "einsum_token_mixing",
+                "einsum_token_mixing_back", "einsum_heads_first", "einsum_per_position",
+                "einsum_per_position_relu"]
+
+
+def randomize_einsum_bias(model, seed=3):
+    layer = model.get_layer("einsum")
+    if layer.bias is not None:  # Keras starts it at 0, which would hide a misplaced bias
+        layer.bias.assign(np.random.default_rng(seed).normal(0, 0.5, layer.bias.shape))
+    return model
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("name", EINSUM_CASES)
+def test_einsum_dense_exports_integer_only_and_bypassed_qat_is_the_float_layer(name,
+                                                                               per_channel):
+    model = randomize_einsum_bias(float_model(name))
+    x = inputs(name, 16)
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(per_channel=per_channel))
+    # Quantizers bypassed (before quant_delay, training): the float model exactly.
+    bypassed = tfqat.quantize_model(model, tfqat.QuantConfig(per_channel=per_channel,
+                                                            quant_delay=10**6))
+    np.testing.assert_allclose(bypassed(x, training=True).numpy(), model(x).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    for op, count in CASES[name][2].items():
+        op = "FULLY_CONNECTED" if op == "CONV_2D" and not per_channel else op
+        assert report.op_histogram[op] >= count, (op, dict(report.op_histogram))
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert op_by_op.unmatched == () and op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    # evaluate_int8 (a BATCH_MATMUL's constant operand included) is the reference kernels.
+    np.testing.assert_array_equal(evaluate_int8(flatbuffer, x).outputs.raw,
+                                  run_tflite(flatbuffer, x, kernels="reference").raw)
+    if "BATCH_MATMUL" in report.op_histogram:
+        (op,) = [op for op in report.ops if op.name == "BATCH_MATMUL"]
+        weights = op.inputs[1]
+        assert weights.dtype == "int8" and weights.scales.size == 1 and len(weights.shape) == 3
+        assert op.inputs[0].shape[0] == 1  # the batch axis stays first
+        reference = run_tflite(flatbuffer, x, kernels="reference").raw.astype(int)
+        for kernels in ("builtin", "xnnpack"):  # LiteRT's other kernels run it too
+            assert np.abs(run_tflite(flatbuffer, x, kernels=kernels).raw - reference).max() <= 1
+
+
+def test_per_tensor_dense_on_a_sequence_with_a_bias_is_one_integer_fully_connected():
+    # As a tensordot, the converter left FULLY_CONNECTED + RESHAPE + ADD float (TF 2.21).
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SEQUENCE, name="x")
+    dense = L.Dense(4, name="seq_dense")
+    model = keras.Model(inp, head(dense(inp)))
+    dense.bias.assign(np.linspace(-1, 1, 4).astype("float32"))
+    qat = tfqat.quantize_model(model, tfqat.QuantConfig(per_channel=False))
+    x = np.random.default_rng(1).normal(0, 1, (16, *SEQUENCE)).astype("float32")
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only and report.op_histogram["FULLY_CONNECTED"] == 2, str(report)
+    assert "ADD" not in report.op_histogram, str(report)
+    assert op_fidelity(qat, flatbuffer, x[:8]).max_diff_lsb <= 1.0 + 1e-3
+
+
 @pytest.mark.parametrize("equation, output_shape, bias_axes, message", [
-    ("abc,bcd->abd", (6, 8), None, "BATCH_MATMUL"),
+    ("abc,bcd->abd", (6, 8), "d", "per position of axis 'b'.*BATCH_MATMUL.*bias"),
     ("abc,cd->abd", (6, 8), "bd", "bias"),
-    ("abc,bd->acd", (4, 8), None, "not a Dense on the input's trailing axes"),
+    ("abc,bc->ab", (6,), None, "per position of axis 'b' but is not a BATCH_MATMUL"),
+    ("abc,cd->ad", (8,), None, "not a Dense between transposes.*sums an axis away"),
 ])
 def test_other_einsum_equations_are_refused_with_the_equation(equation, output_shape, bias_axes,
                                                               message):
@@ -287,24 +386,60 @@ def test_other_einsum_equations_are_refused_with_the_equation(equation, output_s
         tfqat.quantize_model(keras.Model(inp, head(x)))
 
 
-def test_grouped_conv1d_gradients_match_keras():
-    # Before quant_delay the weights are float: the QAT layer is Keras's grouped Conv1D, in
-    # value and in gradient (TF's CPU grouped Conv2D has no gradient of its own).
+@pytest.mark.parametrize("groups, padding, strides", [(2, "causal", 1), (2, "same", 2),
+                                                       (4, "valid", 1)])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_grouped_conv_gradients_match_keras(rank, groups, padding, strides):
+    # Before quant_delay the weights are float: the QAT layer is Keras's grouped Conv1D or
+    # Conv2D, in value and in gradient (TF's CPU grouped Conv2D has no gradient of its own).
+    if rank == 2 and padding == "causal":
+        pytest.skip("Conv2D has no causal padding")
     keras.utils.set_random_seed(0)
-    conv = L.Conv1D(6, 3, groups=2, padding="causal")
-    x = tf.random.normal([2, 8, 4])
+    conv = (L.Conv1D if rank == 1 else L.Conv2D)(8, 3, groups=groups, padding=padding,
+                                                 strides=strides)
+    x = tf.random.normal([2, *([7] * rank), 8])
     conv(x)
-    qat = tfqat.QuantConv1D.from_float(conv, quant_delay=10**6, name="q")
+    qat = (tfqat.QuantConv1D if rank == 1 else tfqat.QuantConv2D).from_float(
+        conv, quant_delay=10**6, name="q")
     qat(x)
+    assert qat.kernel.shape == conv.kernel.shape
     qat.load_float_weights(conv)
     grads = []
     for layer in (conv, qat):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(layer(x, training=True) ** 2)
-        grads.append(tape.gradient(loss, [x, layer.kernel]))
+        grads.append(tape.gradient(loss, [x, layer.kernel, layer.bias]))
     for ours, theirs in zip(grads[1], grads[0]):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_grouped_conv2d_is_one_grouped_conv_2d_that_every_kernel_runs(per_channel):
+    # The converter keeps Conv2D(groups=4) + BN + ReLU one CONV_2D with a [filters, 3, 3,
+    # C / 4] int8 filter; LiteRT's builtin, reference and XNNPACK kernels run it within
+    # 1 LSB of each other, and evaluate_int8 reproduces the reference kernels bit for bit
+    # (and XNNPACK's arithmetic when asked).
+    name = "conv2d_four_groups_bn_dilated"
+    qat = tfqat.quantize_model(float_model(name), tfqat.QuantConfig(per_channel=per_channel))
+    x = inputs(name, 32)
+    tfqat.calibrate(qat, x)
+    flatbuffer = tfqat.export_tflite(qat)
+    report = tfqat.inspect_tflite(flatbuffer)
+    assert report.integer_only, str(report)
+    (grouped,) = [op for op in report.ops if op.name == "CONV_2D" and op.inputs[1].shape[-1] == 2]
+    weights = grouped.inputs[1]
+    assert tuple(weights.shape) == (4, 3, 3, 2) and weights.dtype == "int8"
+    assert weights.scales.size == (4 if per_channel else 1)
+    op_by_op = op_fidelity(qat, flatbuffer, x[:8])
+    assert op_by_op.max_diff_lsb <= 1.0 + 1e-3, str(op_by_op)
+    runs = {k: run_tflite(flatbuffer, x, kernels=k).raw.astype(int)
+            for k in ("builtin", "reference", "xnnpack")}
+    for kernels in ("builtin", "xnnpack"):
+        assert np.abs(runs[kernels] - runs["reference"]).max() <= 1, kernels
+    np.testing.assert_array_equal(evaluate_int8(flatbuffer, x).outputs.raw, runs["reference"])
+    np.testing.assert_array_equal(evaluate_int8(flatbuffer, x, kernels="xnnpack").outputs.raw,
+                                  runs["xnnpack"])
 
 
 def masked_attention_model(causal):

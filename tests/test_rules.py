@@ -203,10 +203,14 @@ def test_fused_linear_builder_copies_settings():
     assert replacement.output == rules.TRACKED
 
 
-def test_fused_linear_refuses_grouped_conv_and_channels_first():
+def test_fused_linear_keeps_groups_and_refuses_channels_first():
     grouped = built(keras.layers.Conv2D(4, 3, groups=2, name="g"), (8, 8, 4))
-    with pytest.raises(ValueError, match="'g'.*groups=2"):
-        rules.build_fused_linear({"linear": grouped}, LayerQuantConfig())
+    (fused,) = rules.build_fused_linear({"linear": grouped}, LayerQuantConfig()).layers
+    assert isinstance(fused, qlayers.QuantConv2D) and fused.groups == 2
+    # One input channel per group stays a depthwise convolution.
+    per_channel = built(keras.layers.Conv2D(8, 3, groups=4, name="dw"), (8, 8, 4))
+    (fused,) = rules.build_fused_linear({"linear": per_channel}, LayerQuantConfig()).layers
+    assert isinstance(fused, qlayers.QuantDepthwiseConv2D) and fused.depth_multiplier == 2
     channels_first = keras.layers.Conv2D(4, 3, data_format="channels_first", name="cf")
     with pytest.raises(ValueError, match="'cf'.*channels_last"):
         rules.build_fused_linear({"linear": channels_first}, LayerQuantConfig())

@@ -54,9 +54,9 @@ of output values equal on a sigmoid / tanh / mul / sub / avg-pool graph, 65% on 
 transformer block, whose FULLY_CONNECTED and merges XNNPACK computes its own way).
 Figures: docs/design.md ("Integer evaluation").
 
-Any other op, or an op whose form is not covered (a grouped CONV_2D, a reduction
-or concatenation over the batch axis, ...), raises `UnsupportedOpError` naming the
-op before anything runs. The batch is axis 0 of every tensor (a tensor whose file
+A grouped CONV_2D (filter depth C / groups) runs group by group. Any other op, or an
+op whose form is not covered (a reduction or concatenation over the batch axis, ...),
+raises `UnsupportedOpError` naming the op before anything runs. The batch is axis 0 of every tensor (a tensor whose file
 shape starts with n has n * batch rows).
 
 Example:
@@ -297,10 +297,11 @@ def _conv_requantizer(ctx, x_t, w_t, out, single_rounding=False):
 def _conv_2d(ctx, op):
     x_t, out = op.inputs[0], op.outputs[0]
     _requires_int8(ctx, op, [x_t, out])
-    w_t, w = _weights(ctx, op)  # [out, kh, kw, in]
-    if w.shape[3] != x_t.shape[3]:
-        ctx.fail(op, f"grouped convolution (filter depth {w.shape[3]}, input depth "
-                     f"{x_t.shape[3]}) is not supported.")
+    w_t, w = _weights(ctx, op)  # [out, kh, kw, in / groups]
+    groups = x_t.shape[3] // w.shape[3]
+    if x_t.shape[3] % w.shape[3] or w.shape[0] % groups:
+        ctx.fail(op, f"filter depth {w.shape[3]} and {w.shape[0]} filters do not fit input "
+                     f"depth {x_t.shape[3]} as a grouped convolution.")
     o = op.options
     dtype = ctx.float_dtype(255 * 128 * w.shape[1] * w.shape[2] * w.shape[3])
     kernel = tf.constant(w.transpose(1, 2, 3, 0), dtype)
@@ -312,7 +313,14 @@ def _conv_2d(ctx, op):
 
     def run(inputs, batch):
         x = tf.cast(inputs[0] - x_t.zero_point, dtype)
-        acc = tf.nn.conv2d(x, kernel, strides, o["padding"], dilations=dilations)
+        if groups == 1:
+            acc = tf.nn.conv2d(x, kernel, strides, o["padding"], dilations=dilations)
+        else:
+            # A grouped CONV_2D: output channel block g reads input channel block g. Each
+            # group's sums are exact in `dtype`, so group by group is bit-exact.
+            acc = tf.concat([tf.nn.conv2d(part, w_g, strides, o["padding"], dilations=dilations)
+                             for part, w_g in zip(tf.split(x, groups, axis=-1),
+                                                  tf.split(kernel, groups, axis=-1))], axis=-1)
         acc = tf.cast(tf.round(acc), tf.int64)
         return _clamp(requantize(acc if bias is None else acc + bias), low, high)
     return run
@@ -374,8 +382,13 @@ def _batch_matmul(ctx, op):
         float(np.float32(a_t.scale) * np.float32(b_t.scale)) / float(out.scale))
     depth = a_t.shape[-2] if op.options.get("adj_x") else a_t.shape[-1]
     dtype = ctx.float_dtype(255 * 255 * depth)
-    if ctx.constant(a_t) is not None or ctx.constant(b_t) is not None:
-        ctx.fail(op, "a constant operand is not supported.")
+    if ctx.constant(a_t) is not None:
+        ctx.fail(op, "a constant left operand is not supported.")
+    # A constant right operand (EinsumDense with a weight per position) broadcasts over the
+    # batch when it has fewer axes than the left one, or a leading 1.
+    if ctx.constant(b_t) is not None and not (len(b_t.shape) < len(a_t.shape) or b_t.shape[0] == 1):
+        ctx.fail(op, f"a constant right operand of shape {tuple(b_t.shape)} does not broadcast "
+                     "over the batch axis.")
 
     def run(inputs, batch):
         a, b = (tf.cast(x - t.zero_point, dtype) for x, t in zip(inputs, (a_t, b_t)))

@@ -15,7 +15,7 @@ from tfqat.files import atomic_write_bytes
 from tfqat.logs import quiet_native_output
 from tfqat.export.reader import (FLOAT_OPS_ALLOWED_METADATA, INPUT_ORDER_METADATA, add_metadata,
                                  inspect_tflite, read_tflite)
-from tfqat.nn.layers import FusedQuantLayer
+from tfqat.nn.layers import FusedQuantLayer, QuantEinsumBatchMatMul
 from tfqat.nn.quantizers import ActivationQuantizer
 from tfqat.rewrite.graph import all_layers
 from tfqat.rewrite.record import QATModel, find_quantizer, record_of
@@ -109,8 +109,9 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
             "with export_tflite(..., allow_float_ops=True).")
     too_wide = [f"{l.name} (activation_bits={l.bits})" for l in qat_model.layers
                 if isinstance(l, (ActivationQuantizer, QuantActivation)) and l.bits > EXPORT_MAX_BITS]
-    too_wide += [f"{l.name} (weight_bits={l.weight_bits})" for l in fused
-                 if l.weight_bits > EXPORT_MAX_BITS]
+    too_wide += [f"{l.name} (weight_bits={l.weight_bits})" for l in qat_model.layers
+                 if isinstance(l, (FusedQuantLayer, QuantEinsumBatchMatMul))
+                 and l.weight_bits > EXPORT_MAX_BITS]
     if too_wide:
         raise ExportError(
             f"Export to int8 needs at most {EXPORT_MAX_BITS} bits, but these layers use more: "

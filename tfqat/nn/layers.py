@@ -23,6 +23,7 @@ value and gradient, so the frozen branch skips the batch-statistics op.
 
 from __future__ import annotations
 
+import numpy as np
 import keras
 import tensorflow as tf
 
@@ -312,7 +313,7 @@ def _replicas_in_sync() -> int:
 
 
 def _restore_leading_dims(outputs, inputs, channels):
-    """Reshapes [N', 1, 1, channels] back to inputs' leading dims + [channels]."""
+    """Reshapes [N', 1, 1, channels] or [N', channels] back to inputs' leading dims + [channels]."""
     inner = list(inputs.shape[1:-1])
     if all(d is not None for d in inner):  # a static shape keeps TFLite free of SHAPE ops
         return tf.reshape(outputs, [-1, *inner, channels])
@@ -372,12 +373,41 @@ class QuantConv2D(_QuantConvolution):
       TensorShape([1, 8, 8, 8])
     """
 
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for a float Conv2D `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   dilation_rate=layer.dilation_rate, groups=getattr(layer, "groups", 1),
+                   **settings)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
+        # groups > 1: one grouped CONV_2D (its filter has C / groups input channels), as in
+        # QuantConv1D; the converter keeps it one integer-only CONV_2D (checked, TF 2.21).
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={groups} must be positive and "
+                             f"divide filters={filters}.")
+
     def _kernel_shape(self, input_shape):
-        return (*self.kernel_size, input_shape[-1], self.filters)
+        if input_shape[-1] % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={self.groups} does not divide the "
+                             f"{input_shape[-1]} input channels.")
+        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def _linear(self, x, kernel_view):
-        return tf.nn.conv2d(x, kernel_view, strides=self.strides, padding=self.padding.upper(),
-                            dilations=self.dilation_rate)
+        conv = lambda inputs, kernel: tf.nn.conv2d(
+            inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+            dilations=self.dilation_rate)
+        if self.groups == 1:
+            return conv(x, kernel_view)
+        return _grouped_conv(conv, self.groups, x, kernel_view)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -440,7 +470,7 @@ class QuantDense(FusedQuantLayer):
     Per-channel weights run as a 1x1 convolution: in TF 2.21 the converter
     cannot carry a per-axis quantized kernel through FULLY_CONNECTED's weight
     transpose ("mismatched quantized axes"), but CONV_2D takes it. Per-tensor
-    weights run as a plain matmul (FULLY_CONNECTED).
+    weights run as a plain [N', C] matmul (FULLY_CONNECTED, the bias fused).
 
     Example:
       >>> QuantDense(10)(tf.zeros([2, 16])).shape
@@ -470,17 +500,21 @@ class QuantDense(FusedQuantLayer):
     def _to_op_layout(self, inputs):
         if self.per_channel:
             return tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+        # Per tensor on more than two axes, a [N', C] matmul too: the converter leaves a
+        # tensordot with a nonzero bias in float (FULLY_CONNECTED, RESHAPE, ADD; TF 2.21).
+        if len(inputs.shape) > 2:
+            return tf.reshape(inputs, [-1, inputs.shape[-1]])
         return inputs
 
     def _from_op_layout(self, outputs, inputs):
-        if self.per_channel:
+        if self.per_channel or len(inputs.shape) > 2:
             return _restore_leading_dims(outputs, inputs, self.units)
         return outputs
 
     def _linear(self, x, kernel_view):
         if self.per_channel:
             return tf.nn.conv2d(x, kernel_view, 1, "VALID")
-        return tf.tensordot(x, kernel_view, axes=1) if len(x.shape) > 2 else tf.matmul(x, kernel_view)
+        return tf.matmul(x, kernel_view)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -867,4 +901,90 @@ class ReshapeTrailingAxes(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_axes=self.num_axes, dims=list(self.dims))
+        return config
+
+
+def _transpose_unless_identity(x, perm):
+    return x if list(perm) == list(range(len(perm))) else tf.transpose(x, perm)
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantEinsumBatchMatMul(keras.layers.Layer):
+    """An EinsumDense whose kernel has a weight per position of an input axis (such as
+    'abc,bcd->abd'), as [TRANSPOSE,] RESHAPE, BATCH_MATMUL with a constant int8 operand
+    broadcast over the batch, RESHAPE[, TRANSPOSE]: all int8 in TF 2.21's converter
+    (checked), the batch axis first throughout. No bias (BATCH_MATMUL
+    has none) and per-tensor weights (int8 BATCH_MATMUL takes one weight scale).
+
+    The kernel is kept as [shared, contracted, kernel output] (each axis group flattened).
+
+    Example:
+      >>> layer = QuantEinsumBatchMatMul("abc,bcd->abd", (6, 4, 5))
+      >>> layer(tf.zeros([2, 6, 4])).shape
+      TensorShape([2, 6, 5])
+    """
+
+    def __init__(self, equation, kernel_shape, weight_bits=8, quant_delay=0,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.equation = equation.replace(" ", "")
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        self.weight_bits = int(weight_bits)
+        self.quant_delay = int(quant_delay)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        operands, self._output = self.equation.split("->")
+        self._source, self._kernel_axes = operands.split(",")
+        source, kernel, output = self._source, self._kernel_axes, self._output
+        self._shared = "".join(c for c in source if c in kernel and c in output)
+        self._contracted = "".join(c for c in source if c in kernel and c not in output)
+        self._free = "".join(c for c in source if c not in kernel)  # the batch axis first
+        self._kernel_out = "".join(c for c in output if c in kernel and c not in source)
+        size = dict(zip(kernel, self.kernel_shape))
+        self._sizes = size
+        self.kernel_perm = tuple(kernel.index(c) for c in self._shared + self._contracted +
+                                 self._kernel_out)
+        self._matrix_shape = tuple(int(np.prod([size[c] for c in part])) for part in
+                                   (self._shared, self._contracted, self._kernel_out))
+
+    def build(self, input_shape):
+        self._input_sizes = dict(zip(self._source, input_shape))
+        self.kernel = self.add_weight(name="kernel", shape=self._matrix_shape,
+                                      initializer=self.kernel_initializer)
+        self.step = add_step_counter(self)
+
+    def quantized_kernel(self, training=False):
+        """FQ(kernel), per tensor: the BATCH_MATMUL's int8 constant in float."""
+        quantize = lambda: fake_quant_weights(self.kernel, self.weight_bits, per_channel=False,
+                                              container_bits=8)
+        if not training:
+            return quantize()
+        return pass_through_during_delay(self.step.value, self.quant_delay, self.kernel, quantize)
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        shared, batch, free, contracted = self._shared, self._free[0], self._free[1:], self._contracted
+        # [batch, shared, free, contracted] times the [shared, contracted, out] constant,
+        # broadcast over the batch: the batch axis stays first in every tensor.
+        x = _transpose_unless_identity(
+            inputs, [self._source.index(c) for c in batch + shared + free + contracted])
+        inner = [self._input_sizes[c] for c in free]
+        x = tf.reshape(x, [-1, self._matrix_shape[0], int(np.prod(inner)), self._matrix_shape[1]])
+        y = tf.matmul(x, self.quantized_kernel(training))  # [batch, shared, free, out]
+        y = tf.reshape(y, [-1, *(self._sizes[c] for c in shared), *inner,
+                           *(self._sizes[c] for c in self._kernel_out)])
+        made = batch + shared + free + self._kernel_out
+        y = _transpose_unless_identity(y, [made.index(c) for c in self._output])
+        if training:
+            self.step.assign_add(1)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        sizes = {**dict(zip(self._source, input_shape)), **self._sizes}
+        return tuple(sizes[c] for c in self._output)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(equation=self.equation, kernel_shape=list(self.kernel_shape),
+                      weight_bits=self.weight_bits, quant_delay=self.quant_delay,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config

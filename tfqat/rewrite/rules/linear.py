@@ -88,12 +88,11 @@ def _is_depthwise_as_grouped(layer) -> bool:
 
 def _groups_check(layer):
     groups = getattr(layer, "groups", 1)
-    # Conv1D runs as a CONV_2D, which takes any groups (QuantConv1D).
-    if groups != 1 and not _is_depthwise_as_grouped(layer) and type(layer) is not keras.layers.Conv1D:
+    # Conv1D and Conv2D run any groups as one grouped CONV_2D (QuantConv1D, QuantConv2D).
+    if groups != 1 and type(layer) not in (keras.layers.Conv1D, keras.layers.Conv2D):
         raise ValueError(f"{type(layer).__name__} '{layer.name}' has groups={groups}; tfqat "
-                         "quantizes groups=1 and Conv2D with one group per input channel (a "
-                         "depthwise convolution) only. Exclude the layer, or write it as "
-                         "DepthwiseConv2D or as separate convolutions per group.")
+                         "quantizes groups on Conv1D and Conv2D only. Exclude the layer, or "
+                         "write it as separate convolutions per group.")
 
 
 def _depthwise_from_grouped(linear, bn, common) -> Replacement:
