@@ -12,6 +12,7 @@ import pytest
 
 import tfqat
 from tfqat.diagnostics.fidelity import op_fidelity
+from tfqat.export.reader import read_tflite
 from tfqat.nn.composite import CompositeQuantLayer
 from tfqat.nn.recurrent import QuantGRU, QuantLSTM, QuantSimpleRNN
 from tfqat.rewrite.rules import recurrent as recurrent_rules
@@ -89,8 +90,22 @@ def inner_quantizers(qat):
             for q in layer.inner_quantizers]
 
 
+def assert_every_op_output_is_read(flatbuffer):
+    """Issue 11: the converter's int8 pass treats a SPLIT with an unused output
+    nondeterministically: the same saved LSTM (its step-0 SPLIT's forget output unused)
+    exported 12 times in one process came out integer-only 11 times, and once with that
+    SPLIT float (more often under load: 4 of 6 runs right after fit). So no op of the
+    unrolled layers may leave an output unread; checked on every .tflite here."""
+    model = read_tflite(flatbuffer)
+    read = {i for op in model.ops for i in op.input_indices} | {t.index for t in model.outputs}
+    unread = [(op.name, model.tensors[i].name) for op in model.ops
+              for i in op.output_indices if i not in read]
+    assert not unread, unread
+
+
 def check_export(qat, x, expected_ops):
     flatbuffer = tfqat.export_tflite(qat)  # raises NotIntegerOnlyError unless integer-only
+    assert_every_op_output_is_read(flatbuffer)
     report = tfqat.inspect_tflite(flatbuffer)
     assert report.integer_only, str(report)
     assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"]
@@ -129,20 +144,15 @@ def test_qat_layer_matches_the_float_layer_at_16_bits(name):
                                atol=5e-3)
 
 
-@pytest.mark.parametrize("name, layer, seed", [
-    ("simple_rnn", "rnn", None),
-    pytest.param("gru_sequences", "rnn", None, marks=pytest.mark.slow),
-    # Issue 11: before step 0 took its gates as STRIDED_SLICEs, the converter left step 0's
-    # SPLIT (its forget-gate output unused) float after training with these seeds (seeds 0,
-    # 2, 3 and 5 failed, 1 and 4 passed), and export_tflite refused the model.
-    *(pytest.param("lstm", "rnn", seed, marks=pytest.mark.slow) for seed in (0, 3)),
+@pytest.mark.parametrize("name, layer", [
+    ("simple_rnn", "rnn"),
+    pytest.param("gru_sequences", "rnn", marks=pytest.mark.slow),
+    pytest.param("lstm", "rnn", marks=pytest.mark.slow),  # issue 11: see check_export
 ])
-def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer, seed):
+def test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, layer):
     qat = tfqat.quantize_model(float_model(name))
     x = inputs(name, 64)
     y = np.random.default_rng(2).integers(0, 4, 64)
-    if seed is not None:  # the batch order (shuffle) and so the trained ranges
-        keras.utils.set_random_seed(seed)
     qat.compile(keras.optimizers.Adam(1e-3),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
@@ -281,7 +291,7 @@ def test_bidirectional_with_quantizers_bypassed_matches_the_float_layer(name):
      "simple_rnn_mul_sequences"))])
 def test_bidirectional_fits_saves_loads_and_exports(tmp_path, name):
     name = f"bidirectional_{name}"
-    test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, "bi", 0)
+    test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, "bi")
 
 
 def test_bidirectional_refuses_two_outputs_and_an_unmirrored_backward_layer():
