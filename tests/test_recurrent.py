@@ -264,6 +264,9 @@ BIDIRECTIONAL = {
     "gru_ave": (bidirectional("GRU", "ave"), {"UNPACK": 2}),
     "simple_rnn_mul_sequences": (bidirectional("SimpleRNN", "mul", return_sequences=True),
                                  {"UNPACK": 2, "PACK": 2, "TANH": 2 * STEPS}),
+    # The merge quantizer at TANH's fixed range: no requantize (QUANTIZE) after a TANH.
+    "simple_rnn_concat_sequences": (bidirectional("SimpleRNN", "concat", return_sequences=True),
+                                    {"PACK": 2, "CONCATENATION": 1}),
 }
 for _name, (_build, _ops) in BIDIRECTIONAL.items():
     CASES[f"bidirectional_{_name}"] = (_build, SEQUENCE, _ops, {})
@@ -288,10 +291,14 @@ def test_bidirectional_with_quantizers_bypassed_matches_the_float_layer(name):
 @pytest.mark.parametrize("name", ["lstm_concat", "gru_sum_sequences", *(
     pytest.param(name, marks=pytest.mark.slow) for name in
     ("lstm_concat_sequences", "gru_concat", "lstm_sum_sequences", "gru_ave",
-     "simple_rnn_mul_sequences"))])
+     "simple_rnn_mul_sequences", "simple_rnn_concat_sequences"))])
 def test_bidirectional_fits_saves_loads_and_exports(tmp_path, name):
     name = f"bidirectional_{name}"
     test_fit_tracks_inner_ranges_then_saves_loads_and_exports(tmp_path, name, "bi")
+    if "simple_rnn_concat" in name:
+        ops = tfqat.inspect_tflite(tfqat.export_tflite(keras.models.load_model(
+            tmp_path / "qat.keras"))).op_histogram
+        assert "QUANTIZE" not in ops, dict(ops)
 
 
 def test_bidirectional_refuses_two_outputs_and_an_unmirrored_backward_layer():
