@@ -21,6 +21,8 @@ quant:
 Step 0 starts from zero states (as Keras does without an initial state), so
 its recurrent terms are left out rather than computed from zeros (a zero
 state of the batch's size would need SHAPE ops).
+keras.layers.Bidirectional around them is QuantBidirectional: two unrolled
+directions and their merge (see there).
 Each step has its own fake quants (tag `step<t>_<tensor>`, t in processing
 order), so each step's tensors get their own scale: the cell state of step 0
 is much narrower than that of step 20.
