@@ -183,8 +183,8 @@ class _QuantRecurrent(CompositeQuantLayer):
         if training and self.recurrent_dropout:
             weights["recurrent_mask"] = keras.random.dropout(
                 tf.ones([tf.shape(inputs)[0], self.units]), self.recurrent_dropout)
-        projected = self._inner(self.tag_prefix + "projected", lambda: self._project_inputs(inputs, training),
-                                training)
+        projected = self._inner(self.tag_prefix + "projected",
+                                lambda: self._project_inputs(inputs, training), training)
         # Each step's slice is rounded again to the projection's scale (tied: the same values).
         # Without an explicit fake quant after the UNPACK the converter at times leaves the
         # SPLIT after it in float (RESHAPE, UNPACK, SPLIT: two scale-preserving ops in a row).
