@@ -36,6 +36,6 @@ def test_every_keras_layer_class_has_a_row_and_none_fails():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["LayerNormalization", "MultiHeadAttention", "Embedding",
-                                  "RandomFlip", "MaxPooling2D", "LSTM"])
+                                  "RandomFlip", "MaxPooling2D", "LSTM", "Bidirectional"])
 def test_rows_match_what_the_code_does_now(name):
     assert layer_coverage.measure(name)["status"] == _rows()[name][1]

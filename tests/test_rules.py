@@ -48,7 +48,7 @@ def test_rule_table_order_and_names():
         "fixed_range_activation", "nearest_upsampling", "scale_preserving", "same_scale_op", "layer_normalization",
         "group_normalization", "unit_normalization",
         "multi_head_attention", "einsum_dense_relu", "embedding", "position_embedding",
-        "recurrent", "time_distributed_linear", "inference_identity", "random_crop",
+        "recurrent", "bidirectional_recurrent", "time_distributed_linear", "inference_identity", "random_crop",
         "layer_scale", "custom_scale", "keras_op_scale_preserving", "keras_op_own_scale", "keras_op_tied",
         "keras_op_clip", "keras_op_concatenation"]
     fused = rules.RULES[0]

@@ -21,6 +21,8 @@ quant:
 Step 0 starts from zero states (as Keras does without an initial state), so
 its recurrent terms are left out rather than computed from zeros (a zero
 state of the batch's size would need SHAPE ops).
+keras.layers.Bidirectional around them is QuantBidirectional: two unrolled
+directions and their merge (see there).
 Each step has its own fake quants (tag `step<t>_<tensor>`, t in processing
 order), so each step's tensors get their own scale: the cell state of step 0
 is much narrower than that of step 20.
@@ -53,11 +55,23 @@ class _QuantRecurrent(CompositeQuantLayer):
     """
 
     gates = 1
+    hidden_range = None  # a fixed range of the hidden states, if the op making them has one
 
     def __init__(self, units, timesteps, return_sequences=False, go_backwards=False,
                  use_bias=True, dropout=0.0, recurrent_dropout=0.0, weight_bits=8,
-                 per_channel=True, **kwargs):
+                 per_channel=True, tag_prefix="", output_quantized=False,
+                 align_sequence=False, shared_output=None, **kwargs):
         super().__init__(**kwargs)
+        # One direction of a QuantBidirectional: its tags start with `tag_prefix`;
+        # `output_quantized` gives the last hidden state a quantizer of its own (the merge reads
+        # it); `shared_output` is the merge's quantizer that rounds the output hidden states
+        # (Concatenate: one scale for both directions), whose range the merge tracks;
+        # `align_sequence` returns a backward sequence in input order, as Bidirectional does.
+        self.tag_prefix = str(tag_prefix)
+        self.output_quantized = bool(output_quantized)
+        self.align_sequence = bool(align_sequence)
+        self._shared_output = lambda: shared_output  # owned (saved) by the merge, not here
+        self._output_floats = []
         self.units = int(units)
         self.timesteps = int(timesteps)
         self.return_sequences = bool(return_sequences)
@@ -72,8 +86,22 @@ class _QuantRecurrent(CompositeQuantLayer):
         self._add_inner_quantizer("projected")
         for t in range(self.timesteps):
             self._add_step_quantizers(t, last=t == self.timesteps - 1)
-        if self.return_sequences:
-            self._add_inner_quantizer("sequence")
+        if self.return_sequences and self.shared_output is None:
+            self._add_inner_quantizer("sequence", fixed_range=self.hidden_range)
+
+    @property
+    def shared_output(self):
+        return self._shared_output()
+
+    def _add_inner_quantizer(self, tag, fixed_range=None, **kwargs):
+        return super()._add_inner_quantizer(self.tag_prefix + tag, fixed_range, **kwargs)
+
+    def _quantizer(self, tag):
+        return getattr(self, f"_{self.tag_prefix}{tag}_fq")
+
+    def _output_quantizer(self):
+        return self.shared_output if self.shared_output is not None \
+            else self._quantizer("sequence")
 
     def _step_quantizer(self, t, tensor, fixed_range=None):
         self._add_inner_quantizer(f"step{t}_{tensor}", fixed_range=fixed_range)
@@ -81,7 +109,7 @@ class _QuantRecurrent(CompositeQuantLayer):
     def _hidden_has_inner_quantizer(self, last):
         # With return_sequences the hidden states share the `sequence` quantizer; else the
         # last one is the layer's output, and the rule's quantizer follows it.
-        return not (self.return_sequences or last)
+        return not (self.return_sequences or (last and not self.output_quantized))
 
     def build(self, input_shape):
         if input_shape[1] != self.timesteps or input_shape[-1] is None:
@@ -155,12 +183,12 @@ class _QuantRecurrent(CompositeQuantLayer):
         if training and self.recurrent_dropout:
             weights["recurrent_mask"] = keras.random.dropout(
                 tf.ones([tf.shape(inputs)[0], self.units]), self.recurrent_dropout)
-        projected = self._inner("projected", lambda: self._project_inputs(inputs, training),
-                                training)
+        projected = self._inner(self.tag_prefix + "projected",
+                                lambda: self._project_inputs(inputs, training), training)
         # Each step's slice is rounded again to the projection's scale (tied: the same values).
         # Without an explicit fake quant after the UNPACK the converter at times leaves the
         # SPLIT after it in float (RESHAPE, UNPACK, SPLIT: two scale-preserving ops in a row).
-        per_step = [self._projected_fq(p, training=training, tied=True)
+        per_step = [self._quantizer("projected")(p, training=training, tied=True)
                     for p in tf.unstack(projected, axis=1)]
         if self.go_backwards:
             per_step = per_step[::-1]
@@ -169,23 +197,36 @@ class _QuantRecurrent(CompositeQuantLayer):
         for t, step_input in enumerate(per_step):
             h, state = self._step(t, step_input, state, weights, training)
             outputs.append(h)
-        if self.return_sequences:
+        if self.shared_output is not None:  # the merge tracks the shared range
+            self._output_floats = self._sequence_float
+        elif self.return_sequences:
             self._track_sequence(self._sequence_float, training)
         self._sequence_float = []
         if training:
             self.step.assign_add(1)
-        # With go_backwards the sequence is in processing order, as Keras returns it.
-        return tf.stack(outputs, axis=1) if self.return_sequences else outputs[-1]
+        # With go_backwards the sequence is in processing order, as Keras returns it (a
+        # Bidirectional's backward direction re-orders it to input order: align_sequence).
+        if not self.return_sequences:
+            return outputs[-1]
+        return tf.stack(outputs[::-1] if self.align_sequence else outputs, axis=1)
 
     def _track_sequence(self, hidden, training):
         """One untied call of the `sequence` quantizer on all steps' float hidden states: it
         tracks the range (and feeds calibration's observer); its value is not used."""
-        self._used_tags.add("sequence")
-        self._sequence_fq(tf.stack(hidden, axis=1), training=training)
+        self._used_tags.add(self.tag_prefix + "sequence")
+        self._quantizer("sequence")(tf.stack(hidden, axis=1), training=training)
+
+    def _output_steps(self):
+        """The steps whose hidden state the output quantizer rounds."""
+        return range(self.timesteps) if self.return_sequences else [self.timesteps - 1]
 
     def _sequence_key(self, t):
-        name = self._sequence_fq.name
-        return name if t == 0 else f"{name} (step {t})"
+        name = self._output_quantizer().name
+        if self.shared_output is None:
+            return name if t == 0 else f"{name} (step {t})"
+        # Shared by both directions: the forward direction's first tensor is the plain name.
+        first = self.tag_prefix == "forward_" and t == self._output_steps()[0]
+        return name if first else f"{name} ({self.tag_prefix}step {t})"
 
     @property
     def inner_tensors(self) -> list:
@@ -193,11 +234,14 @@ class _QuantRecurrent(CompositeQuantLayer):
         tensor per step (its calls' outputs, named after the call)."""
         tensors = []
         for tag, name in super().inner_tensors:
-            if tag == "sequence":
-                tensors += [(f"step{t}_sequence", self._sequence_key(t))
+            if tag == self.tag_prefix + "sequence":
+                tensors += [(f"{self.tag_prefix}step{t}_sequence", self._sequence_key(t))
                             for t in range(self.timesteps)]
             else:
                 tensors.append((tag, name))
+        if self.shared_output is not None:
+            tensors += [(f"{self.tag_prefix}step{t}_sequence", self._sequence_key(t))
+                        for t in self._output_steps()]
         return tensors
 
     def _step_weights(self, training):
@@ -205,7 +249,7 @@ class _QuantRecurrent(CompositeQuantLayer):
         return {"recurrent": self._quantized(self.recurrent_kernel, training)}
 
     def _q(self, t, tensor, compute, training):
-        return self._inner(f"step{t}_{tensor}", compute, training)
+        return self._inner(f"{self.tag_prefix}step{t}_{tensor}", compute, training)
 
     def _hidden(self, t, compute, training):
         """The hidden state of step t.
@@ -217,15 +261,17 @@ class _QuantRecurrent(CompositeQuantLayer):
         the loop (`_track_sequence`), so during training the steps read the last step's range
         (a tied call ahead of the untied one, as for a Concatenate's inputs).
         """
-        if self.return_sequences:
-            with tf.name_scope(f"step{t}_sequence"):
+        last = t == self.timesteps - 1
+        if self.return_sequences or (last and self.shared_output is not None):
+            with tf.name_scope(f"{self.tag_prefix}step{t}_sequence"):
                 h = compute()
                 self._sequence_float.append(h)
-                out = self._sequence_fq(h, training=training, tied=True, ahead=True)
+                out = self._output_quantizer()(h, training=training, tied=True, ahead=True)
             return self._replayed(self._sequence_key(t), out)
-        if t < self.timesteps - 1:
+        if self._hidden_has_inner_quantizer(last):
             return self._q(t, "hidden", compute, training)
-        with tf.name_scope(f"step{t}_hidden"):  # the layer's output: the rule's quantizer follows
+        # The layer's output: the rule's quantizer follows.
+        with tf.name_scope(f"{self.tag_prefix}step{t}_hidden"):
             return compute()
 
     def load_float_weights(self, layer):
@@ -242,7 +288,9 @@ class _QuantRecurrent(CompositeQuantLayer):
                       return_sequences=self.return_sequences, go_backwards=self.go_backwards,
                       use_bias=self.use_bias, dropout=self.dropout,
                       recurrent_dropout=self.recurrent_dropout, weight_bits=self.weight_bits,
-                      per_channel=self.per_channel)
+                      per_channel=self.per_channel, tag_prefix=self.tag_prefix,
+                      output_quantized=self.output_quantized,
+                      align_sequence=self.align_sequence)
         return config
 
 
@@ -260,6 +308,9 @@ class QuantSimpleRNN(_QuantRecurrent):
     """
 
     gates = 1
+    # TANH's: a tracked `sequence` range would need a requantize after each TANH (measured
+    # after fit: 1.12 LSB off, a double rounding).
+    hidden_range = TANH_RANGE
 
     def _add_step_quantizers(self, t, last):
         if t > 0:
@@ -320,7 +371,14 @@ class QuantLSTM(_QuantRecurrent):
             h, c = state
             rec = q("recurrent", lambda: self._matmul(self._recurrent(h, w), w["recurrent"]))
             z = q("gates", lambda: projected + rec)
-        zi, zf, zg, zo = tf.split(z, 4, axis=-1)
+        u = self.units
+        if state is None:
+            # Step 0 has no forget gate (c_{-1} = 0). A SPLIT whose f output is unused is left
+            # float by the converter for some trained ranges (issue 11: seeds 0, 2, 3, 5 of
+            # the fit test), so each used gate is its own STRIDED_SLICE of z.
+            zi, zg, zo = z[:, :u], z[:, 2 * u:3 * u], z[:, 3 * u:]
+        else:
+            zi, zf, zg, zo = tf.split(z, 4, axis=-1)
         i = q("input_gate", lambda: tf.sigmoid(zi))
         g = q("candidate", lambda: tf.tanh(zg))
         o = q("output_gate", lambda: tf.sigmoid(zo))
@@ -470,6 +528,117 @@ class QuantGRU(_QuantRecurrent):
         config = super().get_config()
         config.update(reset_after=self.reset_after)
         return config
+
+
+_DIRECTION_CLASSES = {}  # class name -> class, filled below
+
+
+@keras.saving.register_keras_serializable(package="tfqat")
+class QuantBidirectional(CompositeQuantLayer):
+    """keras.layers.Bidirectional around an LSTM/GRU/SimpleRNN, as two unrolled directions.
+
+    The backward direction runs the steps in reverse (go_backwards) and, with
+    return_sequences, its hidden states are packed in input order, as Keras re-orders
+    them. Its tags (and so its .tflite scopes) start with `backward_`, the forward
+    direction's with `forward_`. The merge:
+    - "concat": CONCATENATION; int8 concatenation needs one scale for its inputs and
+      output, so both directions' output hidden states are rounded (tied, ahead) by the
+      one `merge` quantizer, which tracks their concatenation (its value is the output);
+    - "sum" (ADD), "mul" (MUL): each direction's output has its own quantizer, the
+      rule's follows the merge;
+    - "ave": ADD (its own `sum` quantizer), then MUL by 0.5.
+
+    Example:
+      >>> bi = QuantBidirectional("QuantLSTM", {"units": 4, "timesteps": 3}, "concat", name="bi")
+      >>> bi(tf.random.normal([2, 3, 5])).shape
+      TensorShape([2, 8])
+    """
+
+    MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+    def __init__(self, rnn_class, rnn_config, merge_mode="concat", **kwargs):
+        super().__init__(**kwargs)
+        if rnn_class not in _DIRECTION_CLASSES or merge_mode not in self.MERGE_MODES:
+            raise ValueError(f"QuantBidirectional '{self.name}' takes one of "
+                             f"{sorted(_DIRECTION_CLASSES)} and a merge_mode in "
+                             f"{self.MERGE_MODES}; got {rnn_class!r}, {merge_mode!r}.")
+        self.rnn_class, self.merge_mode = rnn_class, merge_mode
+        self.rnn_config = dict(rnn_config)
+        # SimpleRNN's hidden states are TANH's outputs: at TANH's fixed scale, the concatenated
+        # ones need no requantize (a tracked range costs a QUANTIZE op per direction).
+        fixed = _DIRECTION_CLASSES[rnn_class].hidden_range
+        shared = self._add_inner_quantizer("merge", fixed_range=fixed) \
+            if merge_mode == "concat" else None
+        if merge_mode == "ave":
+            self._add_inner_quantizer("sum")
+        cls = _DIRECTION_CLASSES[rnn_class]
+        common = dict(self.rnn_config, activation_bits=self.activation_bits,
+                      ema_decay=self.ema_decay, quant_delay=self.quant_delay,
+                      output_quantized=shared is None, shared_output=shared, name=self.name)
+        common.pop("go_backwards", None)
+        self.forward_layer = cls(**common, tag_prefix="forward_")
+        self.backward_layer = cls(**common, tag_prefix="backward_", go_backwards=True,
+                                  align_sequence=True)
+
+    def build(self, input_shape):
+        self.forward_layer.build(input_shape)
+        self.backward_layer.build(input_shape)
+        self._build_inner_quantizers()
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        forward = self.forward_layer(inputs, training=training)
+        backward = self.backward_layer(inputs, training=training)
+        if self.merge_mode == "concat":
+            floats = [self._direction_floats(layer)
+                      for layer in (self.forward_layer, self.backward_layer)]
+            self._used_tags.add("merge")
+            self._merge_fq(tf.concat(floats, axis=-1), training=training)  # tracks the range
+            return tf.concat([forward, backward], axis=-1)
+        if self.merge_mode == "sum":
+            return forward + backward
+        if self.merge_mode == "mul":
+            return forward * backward
+        return self._inner("sum", lambda: forward + backward, training) * 0.5
+
+    @staticmethod
+    def _direction_floats(layer):
+        hidden = layer._output_floats
+        if not layer.return_sequences:
+            return hidden[-1]
+        return tf.stack(hidden[::-1] if layer.align_sequence else hidden, axis=1)
+
+    @property
+    def output_quantizer(self):
+        """With merge_mode "concat", the quantizer whose scale the output has; else None."""
+        return self._merge_fq if self.merge_mode == "concat" else None
+
+    @property
+    def inner_quantizers(self) -> list:
+        """The merge's quantizers, then each direction's."""
+        return [*super().inner_quantizers, *self.forward_layer.inner_quantizers,
+                *self.backward_layer.inner_quantizers]
+
+    @property
+    def inner_tensors(self) -> list:
+        """Each direction's inner tensors (the shared `merge` quantizer's are the
+        directions' output hidden states), then the average's sum."""
+        own = [(tag, name) for tag, name in super().inner_tensors if tag != "merge"]
+        return [*self.forward_layer.inner_tensors, *self.backward_layer.inner_tensors, *own]
+
+    def load_float_weights(self, layer):
+        """Copies a built keras.layers.Bidirectional's two directions' weights."""
+        self.forward_layer.load_float_weights(layer.forward_layer)
+        self.backward_layer.load_float_weights(layer.backward_layer)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rnn_class=self.rnn_class, rnn_config=self.rnn_config,
+                      merge_mode=self.merge_mode)
+        return config
+
+
+_DIRECTION_CLASSES.update(QuantLSTM=QuantLSTM, QuantGRU=QuantGRU, QuantSimpleRNN=QuantSimpleRNN)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")

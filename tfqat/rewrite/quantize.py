@@ -344,6 +344,10 @@ class _Rebuilder:
         """Applies the replacement's output scale policy: (policy, quantizer or None)."""
         output = replacement.output
         source = self.scale_source.get(first.inputs[0]) if len(first.inputs) == 1 else None
+        # A layer whose output its own inner quantizer rounds (QuantBidirectional's concat).
+        inner_output = getattr(replacement.layers[-1], "output_quantizer", None)
+        if output.kind == "none" and inner_output is not None:
+            source = inner_output
         if output.kind == "none":
             self.quantized.add(out)
             if source is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import keras
 
 from tfqat.nn.quantizers import FIXED_RANGES
-from tfqat.nn.recurrent import MergeTimeSteps, QuantGRU, QuantLSTM, QuantSimpleRNN, SplitTimeSteps
-from tfqat.rewrite.rules.base import OutputQuant, TRACKED, Replacement, RewriteRule, Step
+from tfqat.nn.recurrent import (MergeTimeSteps, QuantBidirectional, QuantGRU, QuantLSTM,
+                                QuantSimpleRNN, SplitTimeSteps)
+from tfqat.rewrite.rules.base import (SCALE_PRESERVING, TRACKED, OutputQuant, Replacement,
+                                      RewriteRule, Step)
 from tfqat.rewrite.rules.linear import build_fused_linear, is_linear
 
 QAT_CLASSES = {
@@ -20,6 +22,40 @@ QAT_CLASSES = {
 def is_recurrent(layer) -> bool:
     """LSTM, GRU or SimpleRNN (exact class)."""
     return type(layer) in QAT_CLASSES
+
+
+def is_bidirectional(layer) -> bool:
+    """Bidirectional around an LSTM, GRU or SimpleRNN."""
+    return type(layer) is keras.layers.Bidirectional and is_recurrent(layer.forward_layer)
+
+
+# Settings a backward_layer may differ in from its forward layer (Keras's mirrored copy).
+_MIRRORED = ("name", "go_backwards")
+
+
+def bidirectional_problems(layer) -> list:
+    """What tfqat cannot run of a Bidirectional around an LSTM/GRU/SimpleRNN ([] if none).
+
+    Example:
+      >>> bidirectional_problems(keras.layers.Bidirectional(keras.layers.GRU(4), merge_mode=None))
+      ['merge_mode=None']
+    """
+    forward, backward = layer.forward_layer, layer.backward_layer
+    problems = recurrent_problems(forward)
+    if layer.merge_mode not in QuantBidirectional.MERGE_MODES:
+        problems.append(f"merge_mode={layer.merge_mode!r}")
+    if forward.go_backwards:
+        problems.append("a forward layer with go_backwards=True")
+    if type(backward) is not type(forward):
+        problems.append(f"a backward_layer of another class ({type(backward).__name__})")
+    else:
+        f_config, b_config = forward.get_config(), backward.get_config()
+        differ = sorted(key for key in f_config.keys() | b_config.keys()
+                        if key not in _MIRRORED and f_config.get(key) != b_config.get(key))
+        if differ or not backward.go_backwards:
+            problems.append("a backward_layer with other settings than the forward layer's ("
+                            + ", ".join(differ or ["go_backwards=False"]) + ")")
+    return problems
 
 
 def _name(fn) -> str:
@@ -54,12 +90,14 @@ def uses_unsupported_recurrent_call(node) -> bool:
       >>> uses_unsupported_recurrent_call(tfqat.rewrite.graph.flatten_model(model).nodes[0])
       True
     """
-    return is_recurrent(node.layer) and bool(_call_problems(node))
+    return (is_recurrent(node.layer) or is_bidirectional(node.layer)) and \
+        bool(_call_problems(node))
 
 
 def _call_problems(node) -> list:
     layer = node.layer
-    problems = recurrent_problems(layer)
+    problems = bidirectional_problems(layer) if is_bidirectional(layer) \
+        else recurrent_problems(layer)
     if len(node.inputs) != 1:
         problems.append("an initial_state (or another input besides the sequence)")
     elif _sequence_shape(layer)[1] is None:
@@ -74,10 +112,14 @@ def _sequence_shape(layer):
 def unsupported_recurrent_call_message(node) -> str:
     layer = node.layer
     kind = type(layer).__name__
+    if is_bidirectional(layer):
+        kind = f"Bidirectional({type(layer.forward_layer).__name__})"
     return (f"Cannot quantize {kind} '{layer.name}': it uses {', '.join(_call_problems(node))}. "
             f"tfqat runs {kind} as int8 ops unrolled over a fixed number of time steps, with "
             "the default activations (tanh, sigmoid gates), zero initial states and the last "
-            "hidden state or the whole sequence as its only output. Give keras.Input a fixed "
+            "hidden state or the whole sequence as its only output (a Bidirectional: with "
+            "merge_mode 'concat', 'sum', 'mul' or 'ave' and the default mirrored "
+            "backward_layer). Give keras.Input a fixed "
             "sequence length and rebuild the layer with those settings, or leave it in float "
             f"with QuantConfig(exclude=('{layer.name}',)).")
 
@@ -107,6 +149,35 @@ def build_recurrent(match, cfg) -> Replacement:
     if type(layer) is keras.layers.SimpleRNN:
         output = OutputQuant("fixed", FIXED_RANGES["tanh"])
     return Replacement([qat], output, lambda: qat.load_float_weights(layer))
+
+
+def build_bidirectional(match, cfg) -> Replacement:
+    """Bidirectional(LSTM/GRU/SimpleRNN) as a QuantBidirectional: both directions unrolled.
+
+    With merge_mode "concat" the output is the CONCATENATION of the directions' outputs,
+    already at the one scale of the layer's `merge` quantizer (no quantizer follows);
+    else a tracked fake quant follows the merge.
+
+    Example:
+      >>> x = keras.Input((5, 3)); bi = keras.layers.Bidirectional(keras.layers.GRU(4))
+      >>> _ = bi(x)
+      >>> type(build_bidirectional({"bidirectional": bi}, LayerQuantConfig()).layers[0]).__name__
+      'QuantBidirectional'
+    """
+    wrapper = match["bidirectional"]
+    layer = wrapper.forward_layer
+    rnn_config = dict(
+        units=layer.units, timesteps=_sequence_shape(wrapper)[1],
+        return_sequences=layer.return_sequences, use_bias=layer.use_bias,
+        dropout=layer.dropout, recurrent_dropout=layer.recurrent_dropout,
+        weight_bits=cfg.weight_bits, per_channel=cfg.per_channel)
+    if type(layer) is keras.layers.GRU:
+        rnn_config["reset_after"] = layer.reset_after
+    qat = QuantBidirectional(QAT_CLASSES[type(layer)].__name__, rnn_config, wrapper.merge_mode,
+                             activation_bits=cfg.activation_bits, ema_decay=cfg.ema_decay,
+                             quant_delay=cfg.quant_delay, name=wrapper.name)
+    output = SCALE_PRESERVING if wrapper.merge_mode == "concat" else TRACKED
+    return Replacement([qat], output, lambda: qat.load_float_weights(wrapper))
 
 
 def is_time_distributed_linear(layer) -> bool:
@@ -150,6 +221,8 @@ def build_time_distributed(match, cfg) -> Replacement:
 
 RULES = (
     RewriteRule("recurrent", (Step("recurrent", is_recurrent),), build_recurrent),
+    RewriteRule("bidirectional_recurrent", (Step("bidirectional", is_bidirectional),),
+                build_bidirectional),
     RewriteRule("time_distributed_linear", (Step("wrapper", is_time_distributed_linear),),
                 build_time_distributed),
 )
