@@ -40,6 +40,13 @@ LONG_SEED = 1400  # chunk i draws its graphs from hypothesis seed LONG_SEED + i
 # XNNPACK and the reference kernels round some ops differently (1 LSB an op), and the
 # differences add up over the layers: at most 4 LSB, or 1 LSB per requantizing op of the
 # .tflite (a chain of six per-tensor convs and a dense head differed by 5 LSB).
+# The sequence profile (graph_fuzz.sequence_cases: transformer, recurrent, 1-D and custom
+# layers): a few graphs in the default suite, 80 in 2 chunks in the slow one.
+SEQ_FAST_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_SEQ_FAST_EXAMPLES", "7"))
+SEQ_FAST_SEED = 2000
+SEQ_LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_SEQ_EXAMPLES", "80"))
+SEQ_LONG_CHUNKS = 2
+SEQ_LONG_SEED = 2400
 XNNPACK_MAX_LSB = 4
 SCALE_KEEPING_OPS = ("RESHAPE", "PAD", "MAX_POOL_2D", "TRANSPOSE", "STRIDED_SLICE", "GATHER")
 
@@ -61,9 +68,14 @@ def run_case(case, stats=None):
     """
     model = graph_fuzz.build_model(case)
     rng = np.random.default_rng(case.seed)
-    x = rng.uniform(0, 1, (24, *case.input_shape)).astype("float32")
+    if case.tokens:
+        x = rng.integers(0, case.tokens, (24, *case.input_shape)).astype("int32")
+    else:
+        x = rng.uniform(0, 1, (24, *case.input_shape)).astype("float32")
+    # The sequence profile's graphs hold the two custom layers (graph_fuzz.FuzzScale, FuzzDense).
+    registry = graph_fuzz.custom_registry() if case.profile == "sequence" else None
     try:
-        qat = tfqat.quantize_model(model, case.quant_config())
+        qat = tfqat.quantize_model(model, case.quant_config(), registry=registry)
     except tfqat.UnsupportedLayerError as err:
         named = [n for n in _layer_names(model) if f"'{n}'" in str(err)]
         assert named, f"refusal names no layer of the model: {err}"
@@ -93,7 +105,8 @@ def run_case(case, stats=None):
         raise
     report = tfqat.inspect_tflite(flatbuffer)
     assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"], str(report)
+    input_dtype = "int32" if case.tokens else "int8"
+    assert [t.dtype for t in report.inputs + report.outputs] == [input_dtype, "int8"], str(report)
 
     reference = load_interpreter(flatbuffer)
     detail = reference.get_input_details()[0]
@@ -120,7 +133,8 @@ def run_case(case, stats=None):
     # The QAT model, fed exactly the dequantized int8 input, outputs values on the .tflite's
     # output grid.
     in_scale, in_zp = detail["quantization"]
-    x_grid = ((q_in.astype(np.float64) - in_zp) * in_scale).astype("float32")
+    x_grid = q_in if case.tokens else ((q_in.astype(np.float64) - in_zp) * in_scale).astype(
+        "float32")
     out_scale, out_zp = out_detail["quantization"]
     levels = np.asarray(loaded(x_grid)).astype(np.float64) / out_scale + out_zp
     off_grid = np.abs(levels - np.round(levels)).max()
@@ -139,13 +153,13 @@ def _check(case, outcomes, stats=None):
     outcomes.append(run_case(case, stats))
 
 
-def _run_profile(max_examples, hypothesis_seed=None):
+def _run_profile(max_examples, hypothesis_seed=None, strategy=None):
     outcomes = []
     stats = {"end_to_end_lsb": []}
 
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
-    @given(graph_fuzz.cases())
+    @given(strategy if strategy is not None else graph_fuzz.cases())
     def check(case):
         try:
             _check(case, outcomes, stats)
@@ -171,6 +185,18 @@ def test_random_graphs_fast_profile():
 @pytest.mark.parametrize("chunk", range(LONG_CHUNKS))
 def test_random_graphs_long_profile(chunk):
     _run_profile(-(-LONG_EXAMPLES // LONG_CHUNKS), hypothesis_seed=LONG_SEED + chunk)
+
+
+def test_random_sequence_graphs_fast_profile():
+    _run_profile(SEQ_FAST_EXAMPLES, hypothesis_seed=SEQ_FAST_SEED,
+                 strategy=graph_fuzz.sequence_cases())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(SEQ_LONG_CHUNKS))
+def test_random_sequence_graphs_long_profile(chunk):
+    _run_profile(-(-SEQ_LONG_EXAMPLES // SEQ_LONG_CHUNKS), hypothesis_seed=SEQ_LONG_SEED + chunk,
+                 strategy=graph_fuzz.sequence_cases())
 
 
 def test_shrunk_global_average_pool_of_a_pooled_tensor_is_refused_naming_it():
@@ -229,18 +255,19 @@ def test_shrunk_chain_of_per_tensor_convs_runs_on_xnnpack_within_one_lsb_an_op()
     run_case(case)
 
 
-def survey(max_examples, log=None, hypothesis_seed=None):
+def survey(max_examples, log=None, hypothesis_seed=None, strategy=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported" or the failure's first line.
 
     `python tests/test_fuzz_graphs.py 100` prints the failures grouped by message;
-    `python tests/test_fuzz_graphs.py 100 1400` the same for the long profile's first chunk.
+    `python tests/test_fuzz_graphs.py 100 1400` the same for the long profile's first chunk;
+    `python tests/test_fuzz_graphs.py 40 2400 sequence` the sequence long profile's first.
     """
     results = []
 
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), phases=["generate"])
-    @given(graph_fuzz.cases())
+    @given(strategy if strategy is not None else graph_fuzz.cases())
     def check(case):
         outcomes = []
         try:
@@ -267,8 +294,11 @@ if __name__ == "__main__":
     import time
 
     start = time.time()
+    # A third argument "sequence" surveys graph_fuzz.sequence_cases instead.
     results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr,
-                     hypothesis_seed=int(sys.argv[2]) if len(sys.argv) > 2 else None)
+                     hypothesis_seed=int(sys.argv[2]) if len(sys.argv) > 2 else None,
+                     strategy=graph_fuzz.sequence_cases() if sys.argv[3:] == ["sequence"]
+                     else None)
     groups = collections.defaultdict(list)
     for case, outcome in results:
         groups[outcome].append(case)
