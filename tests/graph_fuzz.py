@@ -454,7 +454,8 @@ def custom_registry() -> tfqat.QuantRegistry:
     registry = tfqat.QuantRegistry()
     registry.register_int8_layer(FuzzScale)
     registry.register_spec(FuzzDense, tfqat.QuantizeSpec(
-        weights={"kernel": tfqat.WeightQuant()}, output="own"))
+        # Per tensor: a per-channel kernel cannot pass FULLY_CONNECTED's weight transpose.
+        weights={"kernel": tfqat.WeightQuant(per_channel=False)}, output="own"))
     return registry
 
 
@@ -463,6 +464,10 @@ def _seq_out_shape(kind, params, shapes):
     shape = shapes[0]
     p = dict(params)
     if kind in SEQ_ONLY and len(shape) != 2:
+        return None
+    # On vectors only: a user's x @ w + b on (batch, T, F) converts to a float
+    # FULLY_CONNECTED (open; test_fuzz_graphs.test_shrunk_custom_matmul_layer_on_a_sequence_...).
+    if kind == "cdense" and len(shape) != 1:
         return None
     if kind in ("dense", "einsum", "cdense"):
         return (*shape[:-1], p["units"])

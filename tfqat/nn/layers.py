@@ -456,17 +456,19 @@ class QuantDense(FusedQuantLayer):
     def _to_op_layout(self, inputs):
         if self.per_channel:
             return tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
-        return inputs
+        # A (batch, T, C) input runs as a 2-D matmul: from tensordot's 3-D form the converter
+        # leaves the bias ADD unfused and FULLY_CONNECTED float (found by the graph fuzzer).
+        return tf.reshape(inputs, [-1, inputs.shape[-1]]) if len(inputs.shape) > 2 else inputs
 
     def _from_op_layout(self, outputs, inputs):
-        if self.per_channel:
+        if self.per_channel or len(inputs.shape) > 2:
             return _restore_leading_dims(outputs, inputs, self.units)
         return outputs
 
     def _linear(self, x, kernel_view):
         if self.per_channel:
             return tf.nn.conv2d(x, kernel_view, 1, "VALID")
-        return tf.tensordot(x, kernel_view, axes=1) if len(x.shape) > 2 else tf.matmul(x, kernel_view)
+        return tf.matmul(x, kernel_view)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
