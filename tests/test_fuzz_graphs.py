@@ -255,6 +255,54 @@ def test_shrunk_chain_of_per_tensor_convs_runs_on_xnnpack_within_one_lsb_an_op()
     run_case(case)
 
 
+def _sequence_case(input_shape, ops, config, head="none", tokens=0, seed=0, **kwargs):
+    config = dict(dict(per_channel=False, weight_bits=8, activation_bits=8, quant_delay=0,
+                       bn_freeze_delay=None), **config)
+    settings = {"sequential": True, "fit_steps": 1, "calibration": "minmax", **kwargs}
+    return graph_fuzz.FuzzCase(input_shape, tuple(ops), head, config=config, seed=seed,
+                               profile="sequence", tokens=tokens, **settings)
+
+
+def test_shrunk_per_tensor_dense_on_a_sequence_exports_integer_only():
+    # Found by the sequence profile: Dense(gelu) on a (5, 3) input with per-tensor 6-bit
+    # weights exported a float FULLY_CONNECTED (and its bias ADD): the converter did not fuse
+    # tensordot's 3-D form. QuantDense now runs it as a 2-D matmul between reshapes.
+    dense = graph_fuzz.OpSpec("dense", (0,), (("activation", "gelu"), ("units", 4),
+                                              ("use_bias", True)))
+    case = _sequence_case((5, 3), (dense, graph_fuzz.OpSpec("flatten", (1,), ())),
+                          dict(weight_bits=6, bn_freeze_delay=2), calibration="percentile",
+                          seed=58)
+    assert run_case(case) == "exported"
+
+
+def test_shrunk_4_bit_embedding_table_exports_as_an_int8_gather():
+    # Found by the sequence profile (seed 2400): a 4-bit Embedding (and position table) failed
+    # to convert ("'tfl.gather' op operand #0 must be ... but got ... i4<-7:7>"): GATHER has
+    # no int4 table. The 4-bit values now go to the converter as int8 on the 4-bit grid.
+    embedding = graph_fuzz.OpSpec("embedding", (0,), (("dim", 4), ("positions", True)))
+    attention = graph_fuzz.OpSpec("mha", (1,), (
+        ("causal", True), ("key_dim", 4), ("num_heads", 1), ("use_bias", True),
+        ("value_dim", 3)))
+    case = _sequence_case((4,), (embedding, attention), dict(weight_bits=4), head="gap_dense",
+                          tokens=12, fit_steps=3, calibration="percentile", seed=20391)
+    assert run_case(case) == "exported"
+    qat = tfqat.quantize_model(graph_fuzz.build_model(case), case.quant_config())
+    table = qat.get_layer("embedding0").quantized_table().numpy()
+    step = np.abs(table).max() / 7  # the 4-bit grid, whatever the container
+    np.testing.assert_allclose(table / step, np.round(table / step), atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, raises=tfqat.NotIntegerOnlyError, reason=(
+    "open: a registered user layer computing x @ kernel + bias on a (batch, T, F) input "
+    "exports a float FULLY_CONNECTED + RESHAPE + bias ADD (the converter does not fuse the "
+    "bias after TF's 3-D matmul, so the matmul's output has no int8 scale); QuantWrapper "
+    "cannot reshape inside a user's call. The fuzzer draws the custom dense on vectors only."))
+def test_shrunk_custom_matmul_layer_on_a_sequence_exports_integer_only():
+    custom = graph_fuzz.OpSpec("cdense", (0,), (("units", 4),))
+    case = _sequence_case((4, 3), (custom,), {}, sequential=False, seed=1)
+    run_case(case)
+
+
 def survey(max_examples, log=None, hypothesis_seed=None, strategy=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported" or the failure's first line.
