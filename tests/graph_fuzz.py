@@ -594,7 +594,7 @@ def _seq_unary_layers(op, index, shape):
                         name=name)]
     if op.kind == "einsum":
         equation = "abc,cd->abd" if len(shape) == 2 else "ab,bc->ac"
-        out_shape = (None, p["units"]) if len(shape) == 2 else p["units"]
+        out_shape = (shape[0], p["units"]) if len(shape) == 2 else p["units"]  # static T
         return [L.EinsumDense(equation, out_shape, activation=p["activation"],
                               bias_axes=equation[-1] if p["bias"] else None, name=name)]
     if op.kind == "cdense":
