@@ -572,7 +572,8 @@ def sequence_cases(draw, max_ops=6):
     )
     return FuzzCase(
         input_shape=input_shape, ops=tuple(ops),
-        head=draw(st.sampled_from(("gap_dense", "flatten_dense", "none", "dense_softmax"))),
+        head=draw(st.sampled_from(("gap_dense", "flatten_dense", "none", "dense_softmax",
+                                   "custom_dense"))),
         sequential=draw(st.booleans()), config=config, fit_steps=draw(st.sampled_from((3, 1, 4))),
         calibration=draw(st.sampled_from(("minmax", None, "percentile", "entropy"))),
         seed=draw(st.integers(0, 2**16)), profile="sequence", tokens=tokens)
@@ -637,9 +638,11 @@ def _seq_head_layers(case, shape):
         return []
     layers = []
     if len(shape) == 2:
-        layers.append(L.GlobalAveragePooling1D(name="head_gap") if case.head == "gap_dense"
+        layers.append(L.GlobalAveragePooling1D(name="head_gap") if case.head != "flatten_dense"
                       else L.Flatten(name="head_flatten"))
-    layers.append(L.Dense(3, name="head_dense"))
+    # "custom_dense": the head is the user's FuzzDense (x @ w + b), the usual home of a vector.
+    layers.append(FuzzDense(3, name="head_dense") if case.head == "custom_dense"
+                  else L.Dense(3, name="head_dense"))
     if case.head == "dense_softmax":
         layers.append(L.Softmax(name="head_softmax"))
     return layers
