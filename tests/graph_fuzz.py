@@ -10,6 +10,12 @@ chain). tests/test_fuzz_graphs.py checks the properties on each case.
 Shapes are tracked while drawing, so every drawn graph is a valid Keras
 model: merges only take tensors of matching shape, and the spatial size stays
 in 1..16.
+
+`sequence_cases()` draws the sequence profile: graphs on a (T, F) float input
+or on int32 token ids (Embedding [+ PositionEmbedding]) over Dense, EinsumDense,
+LayerNormalization, MultiHeadAttention (self and cross), Conv1D, LSTM/GRU/
+SimpleRNN, 1-D pools and two custom layers registered through tfqat.QuantRegistry
+(FuzzScale, FuzzDense; `custom_registry()`).
 """
 
 from __future__ import annotations

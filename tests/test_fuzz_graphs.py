@@ -8,6 +8,10 @@ activation_bits < 8, naming the layers); the LiteRT reference kernels and
 XNNPACK both run it; every quantizer agrees with the .tflite within 1 LSB op
 by op; the QAT model's outputs lie on the .tflite's output grid.
 
+The sequence profile (graph_fuzz.sequence_cases: transformer, recurrent, 1-D and
+custom registered layers) is checked by the same run_case, with int32 token ids
+where the graph starts with an Embedding.
+
 Derandomized (fixed seed, no example database), so CI reruns the same graphs.
 The fast profile runs in the default suite; the long one (TFQAT_FUZZ_EXAMPLES,
 500 by default) is marked slow and split into chunks of its own seeds, so that
