@@ -10,6 +10,12 @@ chain). tests/test_fuzz_graphs.py checks the properties on each case.
 Shapes are tracked while drawing, so every drawn graph is a valid Keras
 model: merges only take tensors of matching shape, and the spatial size stays
 in 1..16.
+
+`sequence_cases()` draws the sequence profile: graphs on a (T, F) float input
+or on int32 token ids (Embedding [+ PositionEmbedding]) over Dense, EinsumDense,
+LayerNormalization, MultiHeadAttention (self and cross), Conv1D, LSTM/GRU/
+SimpleRNN, 1-D pools and two custom layers registered through tfqat.QuantRegistry
+(FuzzScale, FuzzDense; `custom_registry()`).
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ class FuzzCase:
     fit_steps: int
     calibration: str | None  # None: ranges come from the fit (the EMA tracker)
     seed: int
+    profile: str = "image"  # "image" (cases()) or "sequence" (sequence_cases())
+    tokens: int = 0  # sequence profile: the vocabulary of int32 token ids; 0: a float input
 
     def quant_config(self) -> tfqat.QuantConfig:
         return tfqat.QuantConfig(**self.config)
@@ -325,6 +333,8 @@ def _head_layers(case, shape):
 
 def build_model(case: FuzzCase) -> keras.Model:
     """The float model of `case`, with random weights and non-trivial BN statistics."""
+    if case.profile == "sequence":
+        return build_sequence_model(case)
     keras.backend.clear_session()
     keras.utils.set_random_seed(case.seed)
     if case.sequential and case.is_chain() and not any(
@@ -387,7 +397,304 @@ def describe(case: FuzzCase) -> str:
     """One line per op, for failure messages."""
     lines = [f"input {case.input_shape}, head {case.head}, sequential={case.sequential}, "
              f"config {case.config}, fit_steps {case.fit_steps}, calibration {case.calibration}, "
-             f"seed {case.seed}"]
+             f"seed {case.seed}"
+             + (f", profile {case.profile}, tokens {case.tokens}" if case.profile != "image" else "")]
     lines += [f"  t{i + 1} = {op.kind}{list(op.inputs)} {dict(op.params)}"
               for i, op in enumerate(case.ops)]
     return "\n".join(lines)
+
+
+# ---- the sequence profile ---------------------------------------------------
+# Graphs on a (T, F) float input, or on int32 token ids through an Embedding (and
+# optionally a learned PositionEmbedding), over the transformer, recurrent and 1-D layers
+# and two custom layers registered through the public extension API (custom_registry).
+# Shapes are (T, F) for sequences and (F,) for vectors (after an RNN without
+# return_sequences, a pool or a flatten); T is 4..6 so that unrolled RNNs stay cheap.
+
+# Any rank (a sequence or a vector).
+SEQ_ANY = ("dense", "ln", "act", "einsum", "dropout", "scale", "cdense")
+# Sequences only.
+SEQ_ONLY = ("mha", "conv1d", "rnn", "posemb", "pool", "flatten")
+SEQ_BINARY = ("add", "cross")
+SEQ_ACTIVATIONS = ("gelu", "relu", "softmax")
+RNNS = ("LSTM", "GRU", "SimpleRNN")
+
+
+@keras.saving.register_keras_serializable(package="tfqat_fuzz")
+class FuzzScale(keras.layers.Layer):
+    """A user's layer: y = x * w, a learned scale per feature (registered as an int8 MUL)."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.w
+
+
+@keras.saving.register_keras_serializable(package="tfqat_fuzz")
+class FuzzDense(keras.layers.Layer):
+    """A user's layer: y = x @ kernel + bias (registered by a QuantizeSpec on its kernel)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs, self.kernel) + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def custom_registry() -> tfqat.QuantRegistry:
+    """The registry that teaches quantize_model the fuzzer's two custom layers.
+
+    Example:
+      >>> qat = tfqat.quantize_model(model, registry=custom_registry())
+    """
+    registry = tfqat.QuantRegistry()
+    registry.register_int8_layer(FuzzScale)
+    registry.register_spec(FuzzDense, tfqat.QuantizeSpec(
+        # Per tensor: a per-channel kernel cannot pass FULLY_CONNECTED's weight transpose.
+        weights={"kernel": tfqat.WeightQuant(per_channel=False)}, output="own"))
+    return registry
+
+
+def _seq_out_shape(kind, params, shapes):
+    """The output shape of a sequence op on inputs of `shapes`, or None if it does not apply."""
+    shape = shapes[0]
+    p = dict(params)
+    if kind in SEQ_ONLY and len(shape) != 2:
+        return None
+    # On vectors only: a user's x @ w + b on (batch, T, F) converts to a float
+    # FULLY_CONNECTED (open; test_fuzz_graphs.test_shrunk_custom_matmul_layer_on_a_sequence_...).
+    if kind == "cdense" and len(shape) != 1:
+        return None
+    if kind in ("dense", "einsum", "cdense"):
+        return (*shape[:-1], p["units"])
+    if kind == "conv1d":
+        if shape[-1] % p["groups"] or p["filters"] % p["groups"]:
+            return None
+        return (shape[0], p["filters"])
+    if kind == "rnn":
+        return (shape[0], p["units"]) if p["return_sequences"] else (p["units"],)
+    if kind == "pool":
+        return (shape[1],)
+    if kind == "flatten":
+        return (shape[0] * shape[1],)
+    if kind == "add":
+        return shape if all(s == shape for s in shapes) else None
+    if kind == "cross":
+        return shape if len(shape) == 2 and len(shapes[1]) == 2 else None
+    return shape  # ln, act, dropout, scale, mha, posemb
+
+
+@st.composite
+def _seq_op_params(draw, kind, shape):
+    p = {}
+    if kind in ("dense", "einsum", "cdense"):
+        p["units"] = draw(st.sampled_from((4, 8, 6)))
+    if kind in ("dense", "einsum"):
+        p["activation"] = draw(st.sampled_from((None, "relu", "gelu")))
+    if kind == "dense":
+        p["use_bias"] = draw(st.booleans())
+    if kind == "einsum":
+        p["bias"] = draw(st.booleans())
+    if kind == "ln":
+        p["axis"] = draw(st.sampled_from((-1, (1, 2)))) if len(shape) == 2 else -1
+        p["center"] = draw(st.booleans())
+        p["scale"] = draw(st.booleans())
+    if kind == "act":
+        p["activation"] = draw(st.sampled_from(SEQ_ACTIVATIONS))
+    if kind in ("mha", "cross"):
+        p["num_heads"] = draw(st.integers(1, 3))
+        p["key_dim"] = draw(st.sampled_from((4, 2)))
+        p["value_dim"] = draw(st.sampled_from((None, 3)))
+        p["use_bias"] = draw(st.booleans())
+        p["causal"] = draw(st.booleans())
+    if kind == "conv1d":
+        p["filters"] = draw(st.sampled_from((4, 8, 6)))
+        p["kernel_size"] = draw(st.sampled_from((3, 1)))
+        p["padding"] = draw(st.sampled_from(("same", "causal")))
+        p["groups"] = draw(st.sampled_from((1, 2)))
+        p["activation"] = draw(st.sampled_from(FUSABLE))
+        p["use_bias"] = draw(st.booleans())
+    if kind == "rnn":
+        p["cell"] = draw(st.sampled_from(RNNS))
+        p["units"] = draw(st.sampled_from((4, 6)))
+        p["return_sequences"] = draw(st.booleans())
+    return tuple(sorted(p.items()))
+
+
+@st.composite
+def sequence_cases(draw, max_ops=6):
+    """A sequence FuzzCase: a random DAG of 1..max_ops ops on a (T, F) float input or on
+    int32 token ids (Embedding [+ PositionEmbedding] first), plus a config and schedule.
+
+    Example:
+      >>> case = sequence_cases().example()
+      >>> build_model(case).input.dtype in ("float32", "int32")
+      True
+    """
+    length = draw(st.sampled_from((4, 6, 5)))
+    tokens = draw(st.sampled_from((0, 12)))
+    ops = []
+    if tokens:
+        input_shape = (length,)
+        ops.append(OpSpec("embedding", (0,), (("dim", draw(st.sampled_from((8, 4)))),
+                                               ("positions", draw(st.booleans())))))
+        shapes = [input_shape, (length, dict(ops[0].params)["dim"])]
+    else:
+        input_shape = (length, draw(st.sampled_from((4, 3, 8))))
+        shapes = [input_shape]
+    for _ in range(draw(st.integers(1, max_ops))):
+        kind = draw(st.sampled_from(SEQ_ANY + SEQ_ONLY + SEQ_BINARY))
+        back = draw(st.integers(0, len(shapes) - 2 if tokens else len(shapes) - 1))
+        first = len(shapes) - 1 - back
+        inputs = [first]
+        if kind == "add":
+            inputs.append(draw(st.sampled_from(
+                [i for i, s in enumerate(shapes) if s == shapes[first] and i >= bool(tokens)])))
+        elif kind == "cross":
+            fits = [i for i, s in enumerate(shapes) if len(s) == 2 and i >= bool(tokens)]
+            inputs.append(draw(st.sampled_from(fits)))
+        params = draw(_seq_op_params(kind, shapes[first]))
+        out = _seq_out_shape(kind, params, [shapes[i] for i in inputs])
+        if out is None:
+            continue
+        ops.append(OpSpec(kind, tuple(inputs), params))
+        shapes.append(out)
+    config = dict(
+        per_channel=draw(st.booleans()),
+        weight_bits=draw(st.sampled_from((8, 7, 6, 5, 4))),
+        activation_bits=draw(st.sampled_from((8,) * 15 + (7,))),
+        quant_delay=draw(st.sampled_from((0, 0, 1, 3))),
+        bn_freeze_delay=draw(st.sampled_from((None, 2, 0))),
+    )
+    return FuzzCase(
+        input_shape=input_shape, ops=tuple(ops),
+        head=draw(st.sampled_from(("gap_dense", "flatten_dense", "none", "dense_softmax",
+                                   "custom_dense"))),
+        sequential=draw(st.booleans()), config=config, fit_steps=draw(st.sampled_from((3, 1, 4))),
+        calibration=draw(st.sampled_from(("minmax", None, "percentile", "entropy"))),
+        seed=draw(st.integers(0, 2**16)), profile="sequence", tokens=tokens)
+
+
+def _seq_unary_layers(op, index, shape):
+    """The layers of a one-input sequence op, applied in a chain."""
+    p = dict(op.params)
+    name = f"{op.kind}{index}"
+    if op.kind == "embedding":
+        layers = [L.Embedding(12, p["dim"], name=name)]
+        if p["positions"]:
+            from tfqat.nn.embedding import PositionEmbedding
+
+            layers.append(PositionEmbedding(name=f"{name}_positions"))
+        return layers
+    if op.kind == "dense":
+        return [L.Dense(p["units"], activation=p["activation"], use_bias=p["use_bias"],
+                        name=name)]
+    if op.kind == "einsum":
+        equation = "abc,cd->abd" if len(shape) == 2 else "ab,bc->ac"
+        out_shape = (shape[0], p["units"]) if len(shape) == 2 else p["units"]  # static T
+        return [L.EinsumDense(equation, out_shape, activation=p["activation"],
+                              bias_axes=equation[-1] if p["bias"] else None, name=name)]
+    if op.kind == "cdense":
+        return [FuzzDense(p["units"], name=name)]
+    if op.kind == "scale":
+        return [FuzzScale(name=name)]
+    if op.kind == "ln":
+        axis = p["axis"] if isinstance(p["axis"], int) else list(p["axis"])
+        return [L.LayerNormalization(axis=axis, center=p["center"], scale=p["scale"], name=name)]
+    if op.kind == "act":
+        return [_activation(p["activation"], name)]
+    if op.kind == "dropout":
+        return [L.Dropout(0.25, name=name)]
+    if op.kind == "conv1d":
+        return [L.Conv1D(p["filters"], p["kernel_size"], padding=p["padding"], groups=p["groups"],
+                         activation=p["activation"], use_bias=p["use_bias"], name=name)]
+    if op.kind == "rnn":
+        return [getattr(L, p["cell"])(p["units"], return_sequences=p["return_sequences"],
+                                      name=name)]
+    if op.kind == "posemb":
+        from tfqat.nn.embedding import PositionEmbedding
+
+        return [PositionEmbedding(name=name)]
+    if op.kind == "pool":
+        return [L.GlobalAveragePooling1D(name=name)]
+    if op.kind == "flatten":
+        return [L.Flatten(name=name)]
+    raise AssertionError(op.kind)
+
+
+def _attention(op, index, query, value):
+    p = dict(op.params)
+    layer = L.MultiHeadAttention(p["num_heads"], p["key_dim"], value_dim=p["value_dim"],
+                                 use_bias=p["use_bias"], name=f"{op.kind}{index}")
+    return layer(query, value, use_causal_mask=p["causal"])
+
+
+def _seq_head_layers(case, shape):
+    if case.head == "none":
+        return []
+    layers = []
+    if len(shape) == 2:
+        layers.append(L.GlobalAveragePooling1D(name="head_gap") if case.head != "flatten_dense"
+                      else L.Flatten(name="head_flatten"))
+    # "custom_dense": the head is the user's FuzzDense (x @ w + b), the usual home of a vector.
+    layers.append(FuzzDense(3, name="head_dense") if case.head == "custom_dense"
+                  else L.Dense(3, name="head_dense"))
+    if case.head == "dense_softmax":
+        layers.append(L.Softmax(name="head_softmax"))
+    return layers
+
+
+def build_sequence_model(case: FuzzCase) -> keras.Model:
+    """The float model of a sequence case, with random weights and LayerNorm affines."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(case.seed)
+    dtype = "int32" if case.tokens else "float32"
+    if case.sequential and case.is_chain() and not any(
+            op.kind in ("mha",) + SEQ_BINARY for op in case.ops):
+        layers = [keras.Input(case.input_shape, dtype=dtype, name="x")]
+        shape = case.input_shape
+        for index, op in enumerate(case.ops):
+            layers += _seq_unary_layers(op, index, shape)
+            shape = (shape[0], dict(op.params)["dim"]) if op.kind == "embedding" else \
+                _seq_out_shape(op.kind, op.params, [shape])
+        layers += _seq_head_layers(case, shape)
+        model = keras.Sequential(layers, name="fuzz_sequence_sequential")
+    else:
+        inp = keras.Input(case.input_shape, dtype=dtype, name="x")
+        tensors = [inp]
+        for index, op in enumerate(case.ops):
+            ins = [tensors[i] for i in op.inputs]
+            if op.kind == "add":
+                out = L.Add(name=f"add{index}")(ins)
+            elif op.kind == "mha":
+                out = _attention(op, index, ins[0], ins[0])
+            elif op.kind == "cross":
+                out = _attention(op, index, ins[0], ins[1])
+            else:
+                out = ins[0]
+                for layer in _seq_unary_layers(op, index, tuple(out.shape[1:])):
+                    out = layer(out)
+            tensors.append(out)
+        out = tensors[-1]
+        for layer in _seq_head_layers(case, tuple(out.shape[1:])):
+            out = layer(out)
+        model = keras.Model(inp, out, name="fuzz_sequence")
+    rng = np.random.default_rng(case.seed)
+    for layer in _all_layers(model):
+        if isinstance(layer, L.LayerNormalization):
+            for weight, base in ((layer.gamma, 1.0), (layer.beta, 0.0)):
+                if weight is not None:
+                    weight.assign(base + rng.normal(0, 0.3, weight.shape).astype("float32"))
+        elif isinstance(layer, FuzzScale):
+            layer.w.assign(rng.uniform(-1.5, 1.5, layer.w.shape).astype("float32"))
+    return model

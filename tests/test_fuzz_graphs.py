@@ -8,6 +8,10 @@ activation_bits < 8, naming the layers); the LiteRT reference kernels and
 XNNPACK both run it; every quantizer agrees with the .tflite within 1 LSB op
 by op; the QAT model's outputs lie on the .tflite's output grid.
 
+The sequence profile (graph_fuzz.sequence_cases: transformer, recurrent, 1-D and
+custom registered layers) is checked by the same run_case, with int32 token ids
+where the graph starts with an Embedding.
+
 Derandomized (fixed seed, no example database), so CI reruns the same graphs.
 The fast profile runs in the default suite; the long one (TFQAT_FUZZ_EXAMPLES,
 500 by default) is marked slow and split into chunks of its own seeds, so that
@@ -16,7 +20,6 @@ pytest-xdist spreads them over CI's workers.
 
 import dataclasses
 import os
-import re
 import tempfile
 
 import keras
@@ -40,6 +43,16 @@ LONG_SEED = 1400  # chunk i draws its graphs from hypothesis seed LONG_SEED + i
 # XNNPACK and the reference kernels round some ops differently (1 LSB an op), and the
 # differences add up over the layers: at most 4 LSB, or 1 LSB per requantizing op of the
 # .tflite (a chain of six per-tensor convs and a dense head differed by 5 LSB).
+# The sequence profile (graph_fuzz.sequence_cases: transformer, recurrent, 1-D and custom
+# layers): a few graphs in the default suite, 80 in 2 chunks in the slow one.
+SEQ_FAST_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_SEQ_FAST_EXAMPLES", "7"))
+# A seed whose 7 graphs hold no LSTM: the converter now and then leaves an LSTM step's
+# SPLIT float (open, issue 11; see test_recurrent), which would make the default suite flaky.
+# The long profile draws LSTMs.
+SEQ_FAST_SEED = 2037
+SEQ_LONG_EXAMPLES = int(os.environ.get("TFQAT_FUZZ_SEQ_EXAMPLES", "80"))
+SEQ_LONG_CHUNKS = 2
+SEQ_LONG_SEED = 2400
 XNNPACK_MAX_LSB = 4
 SCALE_KEEPING_OPS = ("RESHAPE", "PAD", "MAX_POOL_2D", "TRANSPOSE", "STRIDED_SLICE", "GATHER")
 
@@ -61,9 +74,14 @@ def run_case(case, stats=None):
     """
     model = graph_fuzz.build_model(case)
     rng = np.random.default_rng(case.seed)
-    x = rng.uniform(0, 1, (24, *case.input_shape)).astype("float32")
+    if case.tokens:
+        x = rng.integers(0, case.tokens, (24, *case.input_shape)).astype("int32")
+    else:
+        x = rng.uniform(0, 1, (24, *case.input_shape)).astype("float32")
+    # The sequence profile's graphs hold the two custom layers (graph_fuzz.FuzzScale, FuzzDense).
+    registry = graph_fuzz.custom_registry() if case.profile == "sequence" else None
     try:
-        qat = tfqat.quantize_model(model, case.quant_config())
+        qat = tfqat.quantize_model(model, case.quant_config(), registry=registry)
     except tfqat.UnsupportedLayerError as err:
         named = [n for n in _layer_names(model) if f"'{n}'" in str(err)]
         assert named, f"refusal names no layer of the model: {err}"
@@ -93,7 +111,8 @@ def run_case(case, stats=None):
         raise
     report = tfqat.inspect_tflite(flatbuffer)
     assert report.integer_only, str(report)
-    assert [t.dtype for t in report.inputs + report.outputs] == ["int8", "int8"], str(report)
+    input_dtype = "int32" if case.tokens else "int8"
+    assert [t.dtype for t in report.inputs + report.outputs] == [input_dtype, "int8"], str(report)
 
     reference = load_interpreter(flatbuffer)
     detail = reference.get_input_details()[0]
@@ -120,7 +139,8 @@ def run_case(case, stats=None):
     # The QAT model, fed exactly the dequantized int8 input, outputs values on the .tflite's
     # output grid.
     in_scale, in_zp = detail["quantization"]
-    x_grid = ((q_in.astype(np.float64) - in_zp) * in_scale).astype("float32")
+    x_grid = q_in if case.tokens else ((q_in.astype(np.float64) - in_zp) * in_scale).astype(
+        "float32")
     out_scale, out_zp = out_detail["quantization"]
     levels = np.asarray(loaded(x_grid)).astype(np.float64) / out_scale + out_zp
     off_grid = np.abs(levels - np.round(levels)).max()
@@ -139,13 +159,13 @@ def _check(case, outcomes, stats=None):
     outcomes.append(run_case(case, stats))
 
 
-def _run_profile(max_examples, hypothesis_seed=None):
+def _run_profile(max_examples, hypothesis_seed=None, strategy=None):
     outcomes = []
     stats = {"end_to_end_lsb": []}
 
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
-    @given(graph_fuzz.cases())
+    @given(strategy if strategy is not None else graph_fuzz.cases())
     def check(case):
         try:
             _check(case, outcomes, stats)
@@ -171,6 +191,18 @@ def test_random_graphs_fast_profile():
 @pytest.mark.parametrize("chunk", range(LONG_CHUNKS))
 def test_random_graphs_long_profile(chunk):
     _run_profile(-(-LONG_EXAMPLES // LONG_CHUNKS), hypothesis_seed=LONG_SEED + chunk)
+
+
+def test_random_sequence_graphs_fast_profile():
+    _run_profile(SEQ_FAST_EXAMPLES, hypothesis_seed=SEQ_FAST_SEED,
+                 strategy=graph_fuzz.sequence_cases())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(SEQ_LONG_CHUNKS))
+def test_random_sequence_graphs_long_profile(chunk):
+    _run_profile(-(-SEQ_LONG_EXAMPLES // SEQ_LONG_CHUNKS), hypothesis_seed=SEQ_LONG_SEED + chunk,
+                 strategy=graph_fuzz.sequence_cases())
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -261,18 +293,128 @@ def test_shrunk_chain_of_per_tensor_convs_runs_on_xnnpack_within_one_lsb_an_op()
     run_case(case)
 
 
-def survey(max_examples, log=None, hypothesis_seed=None):
+def _sequence_case(input_shape, ops, config, head="none", tokens=0, seed=0, **kwargs):
+    config = dict(dict(per_channel=False, weight_bits=8, activation_bits=8, quant_delay=0,
+                       bn_freeze_delay=None), **config)
+    settings = {"sequential": True, "fit_steps": 1, "calibration": "minmax", **kwargs}
+    return graph_fuzz.FuzzCase(input_shape, tuple(ops), head, config=config, seed=seed,
+                               profile="sequence", tokens=tokens, **settings)
+
+
+def test_shrunk_per_tensor_dense_on_a_sequence_exports_integer_only():
+    # Found by the sequence profile: Dense(gelu) on a (5, 3) input with per-tensor 6-bit
+    # weights exported a float FULLY_CONNECTED (and its bias ADD): the converter did not fuse
+    # tensordot's 3-D form. QuantDense now runs it as a 2-D matmul between reshapes.
+    dense = graph_fuzz.OpSpec("dense", (0,), (("activation", "gelu"), ("units", 4),
+                                              ("use_bias", True)))
+    case = _sequence_case((5, 3), (dense, graph_fuzz.OpSpec("flatten", (1,), ())),
+                          dict(weight_bits=6, bn_freeze_delay=2), calibration="percentile",
+                          seed=58)
+    assert run_case(case) == "exported"
+
+
+def test_shrunk_4_bit_embedding_table_exports_as_an_int8_gather():
+    # Found by the sequence profile (seed 2400): a 4-bit Embedding (and position table) failed
+    # to convert ("'tfl.gather' op operand #0 must be ... but got ... i4<-7:7>"): GATHER has
+    # no int4 table. The 4-bit values now go to the converter as int8 on the 4-bit grid.
+    embedding = graph_fuzz.OpSpec("embedding", (0,), (("dim", 4), ("positions", True)))
+    attention = graph_fuzz.OpSpec("mha", (1,), (
+        ("causal", True), ("key_dim", 4), ("num_heads", 1), ("use_bias", True),
+        ("value_dim", 3)))
+    case = _sequence_case((4,), (embedding, attention), dict(weight_bits=4), head="gap_dense",
+                          tokens=12, fit_steps=3, calibration="percentile", seed=20391)
+    assert run_case(case) == "exported"
+    qat = tfqat.quantize_model(graph_fuzz.build_model(case), case.quant_config())
+    table = qat.get_layer("embedding0").quantized_table().numpy()
+    step = np.abs(table).max() / 7  # the 4-bit grid, whatever the container
+    np.testing.assert_allclose(table / step, np.round(table / step), atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, raises=tfqat.NotIntegerOnlyError, reason=(
+    "open: a registered user layer computing x @ kernel + bias on a (batch, T, F) input "
+    "exports a float FULLY_CONNECTED + RESHAPE + bias ADD (the converter does not fuse the "
+    "bias after TF's 3-D matmul, so the matmul's output has no int8 scale); QuantWrapper "
+    "cannot reshape inside a user's call. The fuzzer draws the custom dense on vectors only."))
+def test_shrunk_custom_matmul_layer_on_a_sequence_exports_integer_only():
+    custom = graph_fuzz.OpSpec("cdense", (0,), (("units", 4),))
+    case = _sequence_case((4, 3), (custom,), {}, sequential=False, seed=1)
+    run_case(case)
+
+
+def test_shrunk_4_bit_layer_norm_offset_on_tokens_converts():
+    # Found by the sequence profile (seed 2400): LayerNormalization(scale=False) on a 4-bit
+    # Embedding failed to convert ("'tfl.add' op operand #1 must be ..."): its 4-bit beta was
+    # an int4 constant of the ADD. Norm weights below 8 bits now go as int8 on their grid.
+    embedding = graph_fuzz.OpSpec("embedding", (0,), (("dim", 4), ("positions", False)))
+    norm = graph_fuzz.OpSpec("ln", (1,), (("axis", -1), ("center", True), ("scale", False)))
+    case = _sequence_case((6,), (embedding, norm), dict(per_channel=True, weight_bits=4,
+                                                        quant_delay=3, bn_freeze_delay=2),
+                          tokens=12, calibration="entropy", seed=55738)
+    assert run_case(case) == "exported"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "open: MultiHeadAttention -> ReLU. The converter fuses the RELU into the attention's "
+    "output FULLY_CONNECTED (op_fidelity: 'fused into the next op by the converter: "
+    "<mha>_fq'), so the .tflite rounds once to the ReLU's range while the QAT model rounds to "
+    "the attention's output range and again to the ReLU's: 2-3 LSB at the ReLU. Needs a rule "
+    "fusing a following ReLU into QuantMultiHeadAttention's output, as Dense + ReLU has."))
+def test_shrunk_attention_then_relu_matches_op_by_op():
+    # Found by the sequence profile (seed 2400): 2 LSB at act2_fq, at 8 and 5 weight bits,
+    # on token or float inputs alike.
+    dense = graph_fuzz.OpSpec("dense", (0,), (("activation", None), ("units", 8),
+                                              ("use_bias", True)))
+    cross = graph_fuzz.OpSpec("cross", (1, 1), (
+        ("causal", True), ("key_dim", 4), ("num_heads", 1), ("use_bias", False),
+        ("value_dim", 3)))
+    relu = graph_fuzz.OpSpec("act", (2,), (("activation", "relu"),))
+    case = _sequence_case((6, 3), (dense, cross, relu), dict(per_channel=True, quant_delay=3),
+                          head="flatten_dense", sequential=False, fit_steps=3, seed=8349)
+    run_case(case)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "open: a registered int8 layer (FuzzScale, x * w: one MUL) -> ReLU. The converter fuses "
+    "the RELU into the MUL ('fused into the next op by the converter: scale0_fq'), so the "
+    ".tflite rounds once where the QAT model rounds twice: 2 LSB at the ReLU. The same as "
+    "MultiHeadAttention -> ReLU: a ReLU after a layer whose op takes a fused activation."))
+def test_shrunk_custom_int8_layer_then_relu_matches_op_by_op():
+    # Found by the sequence profile (seed 2401).
+    ops = (graph_fuzz.OpSpec("scale", (0,), ()),
+           graph_fuzz.OpSpec("act", (1,), (("activation", "relu"),)))
+    case = _sequence_case((6, 3), ops, dict(per_channel=True, weight_bits=7, quant_delay=1,
+                                            bn_freeze_delay=2),
+                          head="dense_softmax", fit_steps=3, calibration="entropy", seed=1369)
+    run_case(case)
+
+
+@pytest.mark.xfail(strict=True, raises=tfqat.ExportError, reason=(
+    "open: Embedding -> Flatten as the whole model. quantize_model accepts it, but the QAT "
+    "model holds no activation quantizer (GATHER keeps the table's scale), so export_tflite "
+    "refuses it as 'a float model'. Either quantize_model should refuse it naming the "
+    "layer, or the table's scale should make the output int8."))
+def test_shrunk_embedding_then_flatten_alone_exports():
+    # Found by the sequence profile (seed 2401).
+    ops = (graph_fuzz.OpSpec("embedding", (0,), (("dim", 8), ("positions", False))),
+           graph_fuzz.OpSpec("flatten", (1,), ()))
+    case = _sequence_case((4,), ops, dict(bn_freeze_delay=0), tokens=12, calibration=None,
+                          seed=10293)
+    run_case(case)
+
+
+def survey(max_examples, log=None, hypothesis_seed=None, strategy=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported" or the failure's first line.
 
     `python tests/test_fuzz_graphs.py 100` prints the failures grouped by message;
-    `python tests/test_fuzz_graphs.py 100 1400` the same for the long profile's first chunk.
+    `python tests/test_fuzz_graphs.py 100 1400` the same for the long profile's first chunk;
+    `python tests/test_fuzz_graphs.py 40 2400 sequence` the sequence long profile's first.
     """
     results = []
 
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck), phases=["generate"])
-    @given(graph_fuzz.cases())
+    @given(strategy if strategy is not None else graph_fuzz.cases())
     def check(case):
         outcomes = []
         try:
@@ -299,8 +441,11 @@ if __name__ == "__main__":
     import time
 
     start = time.time()
+    # A third argument "sequence" surveys graph_fuzz.sequence_cases instead.
     results = survey(int(sys.argv[1]) if len(sys.argv) > 1 else 50, log=sys.stderr,
-                     hypothesis_seed=int(sys.argv[2]) if len(sys.argv) > 2 else None)
+                     hypothesis_seed=int(sys.argv[2]) if len(sys.argv) > 2 else None,
+                     strategy=graph_fuzz.sequence_cases() if sys.argv[3:] == ["sequence"]
+                     else None)
     groups = collections.defaultdict(list)
     for case, outcome in results:
         groups[outcome].append(case)

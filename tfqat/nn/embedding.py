@@ -40,7 +40,10 @@ class QuantEmbedding(keras.layers.Layer):
     def quantized_table(self, training=False):
         """The table as the .tflite holds it, in float."""
         table = tf.convert_to_tensor(self.embeddings)
-        quantize = lambda: fake_quant_weights(table, self.weight_bits, per_channel=False)
+        # Below 8 bits the values go to the converter as int8 on the coarser grid: GATHER has
+        # no int4 table (the converter fails on it; found by the graph fuzzer).
+        quantize = lambda: fake_quant_weights(table, self.weight_bits, per_channel=False,
+                                              container_bits=8)
         if not training:
             return quantize()
         return pass_through_during_delay(self.step.value, self.quant_delay, table, quantize)
@@ -117,7 +120,8 @@ class QuantPositionEmbedding(keras.layers.Layer):
     def call(self, inputs, training=None):
         training = bool(training)
         table = tf.convert_to_tensor(self.table)
-        quantize = lambda: fake_quant_weights(table, self.weight_bits, per_channel=False)
+        quantize = lambda: fake_quant_weights(table, self.weight_bits, per_channel=False,
+                                              container_bits=8)  # as QuantEmbedding's
         table = quantize() if not training else pass_through_during_delay(
             self.step.value, self.quant_delay, table, quantize)
         if training:

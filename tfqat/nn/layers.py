@@ -500,11 +500,10 @@ class QuantDense(FusedQuantLayer):
     def _to_op_layout(self, inputs):
         if self.per_channel:
             return tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
-        # Per tensor on more than two axes, a [N', C] matmul too: the converter leaves a
-        # tensordot with a nonzero bias in float (FULLY_CONNECTED, RESHAPE, ADD; TF 2.21).
-        if len(inputs.shape) > 2:
-            return tf.reshape(inputs, [-1, inputs.shape[-1]])
-        return inputs
+        # Per tensor on more than two axes, a [N', C] matmul too: from tensordot's 3-D form
+        # the converter leaves a nonzero bias's ADD unfused and FULLY_CONNECTED float (TF 2.21;
+        # found by the graph fuzzer).
+        return tf.reshape(inputs, [-1, inputs.shape[-1]]) if len(inputs.shape) > 2 else inputs
 
     def _from_op_layout(self, outputs, inputs):
         if self.per_channel or len(inputs.shape) > 2:

@@ -100,7 +100,10 @@ class QuantLayerNormalization(CompositeQuantLayer):
 
     def _weight(self, variable, training):
         value = tf.reshape(tf.convert_to_tensor(variable), self._broadcast)
-        quantize = lambda: fake_quant_weights(value, self.weight_bits, per_channel=False)
+        # Below 8 bits as int8 on the coarser grid: ADD and MUL take no int4 constant (a 4-bit
+        # beta failed to convert; found by the graph fuzzer).
+        quantize = lambda: fake_quant_weights(value, self.weight_bits, per_channel=False,
+                                              container_bits=8)
         if not training:
             return quantize()
         return pass_through_during_delay(self.step.value, self.quant_delay, value, quantize)
