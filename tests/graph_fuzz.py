@@ -458,7 +458,7 @@ def custom_registry() -> tfqat.QuantRegistry:
       >>> qat = tfqat.quantize_model(model, registry=custom_registry())
     """
     registry = tfqat.QuantRegistry()
-    registry.register_int8_layer(FuzzScale)
+    registry.register_int8_layer(FuzzScale, fuses_relu=True)  # one MUL: a ReLU fuses into it
     registry.register_spec(FuzzDense, tfqat.QuantizeSpec(
         # Per tensor: a per-channel kernel cannot pass FULLY_CONNECTED's weight transpose.
         weights={"kernel": tfqat.WeightQuant(per_channel=False)}, output="own"))

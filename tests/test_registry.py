@@ -98,9 +98,35 @@ def test_registration_errors_name_the_problem():
         registry.register_int8_layer(example.ChannelScale, scale="median")
     with pytest.raises(ValueError, match="contain 0"):
         registry.register_int8_layer(example.ChannelScale, scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match="fuses_relu=True needs scale='own'"):
+        registry.register_int8_layer(example.ChannelScale, scale="input", fuses_relu=True)
     registry.register_int8_layer(example.ChannelScale)
     with pytest.raises(ValueError, match="already registered"):
         registry.register_int8_layer(example.ChannelScale)
+
+
+@pytest.mark.parametrize("fuses_relu", [False, True])
+def test_a_relu_after_an_int8_layer_fuses_when_registered_so(fuses_relu):
+    # ChannelScale is one MUL; the converter runs a ReLU read only by it inside the MUL,
+    # rounding once. Registered with fuses_relu=True the QAT model rounds once too.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6, 3))
+    scaled = example.ChannelScale(name="scale")(keras.layers.Dense(4, name="dense")(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(
+        keras.layers.Flatten()(keras.layers.ReLU(name="relu")(scaled))))
+    model.get_layer("scale").w.assign(np.array([0.5, -1.5, 2.0, 1.0], "float32"))
+    registry = tfqat.QuantRegistry().register_int8_layer(example.ChannelScale,
+                                                         fuses_relu=fuses_relu)
+    qat = tfqat.quantize_model(model, registry=registry)
+    x = rng.normal(0, 1, (64, 6, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    names = {layer.name for layer in qat.layers}
+    # Fused: one tracked fake quant after the ReLU, none between the MUL and the ReLU.
+    assert ("scale_fq" not in names) == fuses_relu, sorted(names)
+    fidelity = tfqat.op_fidelity(qat, tfqat.export_tflite(qat), x[:16])
+    if fuses_relu:
+        assert not fidelity.unmatched and fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
 
 
 def test_a_spec_naming_a_missing_weight_is_refused(float_model):

@@ -428,13 +428,6 @@ def test_grouped_conv_with_a_group_per_channel_is_an_int8_depthwise_conv(multipl
     check_export(qat, x, {"DEPTHWISE_CONV_2D": 1, **LN_OPS})
 
 
-def test_general_grouped_conv_is_refused_with_the_layer_name():
-    inp = keras.Input((6, 6, 4), name="x")
-    model = keras.Model(inp, head(L.Conv2D(4, 3, groups=2, name="two_groups")(inp)))
-    with pytest.raises(ValueError, match="two_groups.*groups=2"):
-        tfqat.quantize_model(model)
-
-
 def test_convnext_block_with_layer_scale_exports_integer_only():
     # ConvNeXt's block: depthwise Conv2D(groups=C) -> LayerNormalization -> Dense(4C, gelu) ->
     # Dense(C) -> LayerScale -> residual Add.

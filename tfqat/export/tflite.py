@@ -92,7 +92,12 @@ def check_exportable(qat_model, allow_float_ops: bool = False) -> None:
       >>> check_exportable(tfqat.quantize_model(model))  # raises: never calibrated
     """
     fused = [l for l in qat_model.layers if isinstance(l, FusedQuantLayer)]
-    if not any(isinstance(l, ActivationQuantizer) for l in qat_model.layers) and not fused:
+    record = getattr(qat_model, "quantization_record", None)
+    # A QAT model may hold no quantizer layer at all: Embedding -> Flatten is a GATHER of the
+    # int8 table and a RESHAPE at the table's scale.
+    quantized = record is not None and any(d.rule != "excluded" for d in record.decisions)
+    if not any(isinstance(l, ActivationQuantizer) for l in qat_model.layers) and not fused \
+            and not quantized:
         raise ExportError(
             f"Model '{qat_model.name}' has no tfqat quantizers: it is a float model. "
             "Run tfqat.quantize_model(model), train or calibrate it, then export.")

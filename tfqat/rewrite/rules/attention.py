@@ -6,7 +6,8 @@ from __future__ import annotations
 import keras
 
 from tfqat.nn.attention import QuantMultiHeadAttention
-from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step
+from tfqat.rewrite.rules.activations import RELU_TAIL
+from tfqat.rewrite.rules.base import TRACKED, Replacement, RewriteRule, Step, clone_layer
 from tfqat.rewrite import graph
 
 
@@ -57,8 +58,9 @@ def _attention_settings_check(mha):
 
 
 def build_multi_head_attention(match, cfg) -> Replacement:
-    """MultiHeadAttention as per-tensor int8 projections, BATCH_MATMULs and SOFTMAX, then a
-    tracked fake quant.
+    """MultiHeadAttention as per-tensor int8 projections, BATCH_MATMULs and SOFTMAX [+ a
+    ReLU/ReLU6, which TFLite fuses into the output projection's FULLY_CONNECTED, so its
+    output is rounded once, after the ReLU], then a tracked fake quant.
 
     Example:
       >>> mha = keras.layers.MultiHeadAttention(2, 4)
@@ -73,10 +75,13 @@ def build_multi_head_attention(match, cfg) -> Replacement:
         output_dim=None if graph.attention_output_shape(mha) is None else graph.attention_output_shape(mha)[0],
         weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
         ema_decay=cfg.ema_decay, quant_delay=cfg.quant_delay, name=mha.name)
-    return Replacement([layer], TRACKED, lambda: layer.load_float_weights(mha))
+    layers = [layer]
+    if match.get("relu") is not None:
+        layers.append(clone_layer(match["relu"]))
+    return Replacement(layers, TRACKED, lambda: layer.load_float_weights(mha))
 
 
 RULES = (
-    RewriteRule("multi_head_attention", (Step("attention", is_multi_head_attention),),
+    RewriteRule("multi_head_attention", (Step("attention", is_multi_head_attention), RELU_TAIL),
                 build_multi_head_attention),
 )
