@@ -390,6 +390,38 @@ def test_shrunk_embedding_then_flatten_alone_exports():
     assert run_case(case) == "exported"
 
 
+def test_shrunk_dropout_between_a_mul_layer_and_its_relu_matches_op_by_op():
+    # Found by the sequence long profile (seed 2401): registered MUL layer -> Dropout ->
+    # ReLU was 3 LSB off at the ReLU. The converter drops the Dropout and fuses the RELU into
+    # the MUL (rounding once); quantize_model now moves the Dropout after the ReLU (they
+    # commute), so the rule takes the ReLU in too.
+    ops = (graph_fuzz.OpSpec("scale", (0,), ()), graph_fuzz.OpSpec("dropout", (1,), ()),
+           graph_fuzz.OpSpec("act", (2,), (("activation", "relu"),)))
+    case = _sequence_case((4, 4), ops, dict(per_channel=True), head="gap_dense",
+                          sequential=False, fit_steps=3, seed=0)
+    assert run_case(case) == "exported"
+    qat = tfqat.quantize_model(graph_fuzz.build_model(case), case.quant_config(),
+                               registry=graph_fuzz.custom_registry())
+    names = [layer.name for layer in qat.layers]
+    assert "scale0_fq" not in names and names.index("act2") < names.index("dropout1"), names
+
+
+def test_dropout_before_a_conv_relu_moves_after_it_and_matches_op_by_op():
+    # The same for the built-in rules: Conv2D -> Dropout -> ReLU fuses as Conv2D + ReLU.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.Dropout(0.3, name="drop")(keras.layers.Conv2D(4, 3, name="conv")(inp))
+    x = keras.layers.ReLU(name="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(x)))
+    qat = tfqat.quantize_model(model)
+    names = [layer.name for layer in qat.layers]
+    assert "relu" not in names and names.index("conv") < names.index("drop"), names  # fused
+    x_data = np.random.default_rng(0).uniform(0, 1, (32, 6, 6, 3)).astype("float32")
+    tfqat.calibrate(qat, x_data)
+    fidelity = tfqat.op_fidelity(qat, tfqat.export_tflite(qat), x_data[:8])
+    assert not fidelity.unmatched and fidelity.max_diff_lsb <= 1.0 + 1e-3, str(fidelity)
+
+
 def survey(max_examples, log=None, hypothesis_seed=None, strategy=None):
     """Runs `max_examples` cases without stopping or shrinking; returns (case, outcome) pairs,
     outcome "refused", "exported" or the failure's first line.

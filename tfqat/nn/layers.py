@@ -362,8 +362,46 @@ class _QuantConvolution(FusedQuantLayer):
         return config
 
 
+class _GroupedConvolution(_QuantConvolution):
+    """A convolution with `groups`: groups > 1 is one grouped CONV_2D (its filter has
+    C / groups input channels), which the converter keeps one integer-only CONV_2D and
+    LiteRT's int8 kernels run (checked, TF 2.21). Subclasses give `_conv(inputs, kernel)`.
+    """
+
+    @classmethod
+    def from_float(cls, layer, **settings):
+        """The QAT layer for float convolution `layer`; see _QuantConvolution.from_float."""
+        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                   dilation_rate=layer.dilation_rate, groups=getattr(layer, "groups", 1),
+                   **settings)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 groups=1, **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={groups} must be positive and "
+                             f"divide filters={filters}.")
+
+    def _group_channels(self, input_shape):
+        if input_shape[-1] % self.groups:
+            raise ValueError(f"Layer '{self.name}': groups={self.groups} does not divide the "
+                             f"{input_shape[-1]} input channels.")
+        return input_shape[-1] // self.groups
+
+    def _linear(self, x, kernel_view):
+        if self.groups == 1:
+            return self._conv(x, kernel_view)
+        return _grouped_conv(self._conv, self.groups, x, kernel_view)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="tfqat")
-class QuantConv2D(_QuantConvolution):
+class QuantConv2D(_GroupedConvolution):
     """Conv2D (channels_last) with quantized, optionally BN-folded weights.
 
     Example:
@@ -373,41 +411,12 @@ class QuantConv2D(_QuantConvolution):
       TensorShape([1, 8, 8, 8])
     """
 
-    @classmethod
-    def from_float(cls, layer, **settings):
-        """The QAT layer for a float Conv2D `layer`; see _QuantConvolution.from_float."""
-        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                   dilation_rate=layer.dilation_rate, groups=getattr(layer, "groups", 1),
-                   **settings)
-
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 groups=1, **kwargs):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
-        # groups > 1: one grouped CONV_2D (its filter has C / groups input channels), as in
-        # QuantConv1D; the converter keeps it one integer-only CONV_2D (checked, TF 2.21).
-        self.groups = int(groups)
-        if self.groups < 1 or self.filters % self.groups:
-            raise ValueError(f"Layer '{self.name}': groups={groups} must be positive and "
-                             f"divide filters={filters}.")
-
     def _kernel_shape(self, input_shape):
-        if input_shape[-1] % self.groups:
-            raise ValueError(f"Layer '{self.name}': groups={self.groups} does not divide the "
-                             f"{input_shape[-1]} input channels.")
-        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
+        return (*self.kernel_size, self._group_channels(input_shape), self.filters)
 
-    def _linear(self, x, kernel_view):
-        conv = lambda inputs, kernel: tf.nn.conv2d(
-            inputs, kernel, strides=self.strides, padding=self.padding.upper(),
-            dilations=self.dilation_rate)
-        if self.groups == 1:
-            return conv(x, kernel_view)
-        return _grouped_conv(conv, self.groups, x, kernel_view)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(groups=self.groups)
-        return config
+    def _conv(self, inputs, kernel):
+        return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+                            dilations=self.dilation_rate)
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
@@ -525,7 +534,7 @@ class QuantDense(FusedQuantLayer):
 
 
 @keras.saving.register_keras_serializable(package="tfqat")
-class QuantConv1D(_QuantConvolution):
+class QuantConv1D(_GroupedConvolution):
     """Conv1D (channels_last) with quantized, optionally BN-folded weights.
 
     Runs as a CONV_2D over a [N, 1, length, C] view of the input (TFLite has
@@ -540,24 +549,15 @@ class QuantConv1D(_QuantConvolution):
 
     _spatial = staticmethod(lambda value: _single(value)[0])
 
-    @classmethod
-    def from_float(cls, layer, **settings):
-        """The QAT layer for a float Conv1D `layer`; see _QuantConvolution.from_float."""
-        return cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                   dilation_rate=layer.dilation_rate, groups=layer.groups, **settings)
-
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  groups=1, **kwargs):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, **kwargs)
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, groups, **kwargs)
         if self.padding not in ("valid", "same", "causal"):
             raise ValueError(f"Layer '{self.name}': padding {padding!r} is not one of "
                              "'valid', 'same', 'causal'.")
-        # groups > 1: a grouped CONV_2D (its filter has C / groups input channels), which the
-        # converter makes integer-only and LiteRT's int8 kernel runs (checked, TF 2.21).
-        self.groups = int(groups)
 
     def _kernel_shape(self, input_shape):
-        return (self.kernel_size, input_shape[-1] // self.groups, self.filters)
+        return (self.kernel_size, self._group_channels(input_shape), self.filters)
 
     def _kernel_view(self, kernel):
         return tf.reshape(kernel, [1, *kernel.shape])
@@ -570,19 +570,10 @@ class QuantConv1D(_QuantConvolution):
     def _from_op_layout(self, outputs, inputs):
         return tf.squeeze(outputs, 1)
 
-    def _linear(self, x, kernel_view):
+    def _conv(self, inputs, kernel):
         padding = "VALID" if self.padding == "causal" else self.padding.upper()
-        conv = lambda inputs, kernel: tf.nn.conv2d(
-            inputs, kernel, strides=(1, self.strides), padding=padding,
-            dilations=(1, self.dilation_rate))
-        if self.groups == 1:
-            return conv(x, kernel_view)
-        return _grouped_conv(conv, self.groups, x, kernel_view)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(groups=self.groups)
-        return config
+        return tf.nn.conv2d(inputs, kernel, strides=(1, self.strides), padding=padding,
+                            dilations=(1, self.dilation_rate))
 
 
 def _grouped_conv(conv, groups, x, kernel):
