@@ -113,20 +113,23 @@ def memory_child(label, batch_npz, steps):
             "fit_mb": (peak - resident) / 1024}
 
 
-def peak_memory(x, y, steps, workdir):
+def peak_memory(x, y, steps):
     """{label: memory_child figures}, each variant alone in a fresh process (its own peak)."""
     import subprocess
+    import tempfile
 
-    path = pathlib.Path(workdir) / "bn_fold_memory_batch.npz"
-    np.savez(path, x=x, y=y)
     out = {}
-    for label in ("float", *(f"{mode} before freeze" for mode in MODES), "after freeze"):
-        done = subprocess.run(
-            [sys.executable, __file__, "--memory_child", label, "--batch_npz", str(path),
-             "--steps", str(steps)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory measurement of {label!r} failed:\n{done.stderr[-3000:]}")
-        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "batch.npz"
+        np.savez(path, x=x, y=y)
+        for label in ("float", *(f"{mode} before freeze" for mode in MODES), "after freeze"):
+            done = subprocess.run(
+                [sys.executable, __file__, "--memory_child", label, "--batch_npz", str(path),
+                 "--steps", str(steps)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory measurement of {label!r} failed:\n"
+                                   f"{done.stderr[-3000:]}")
+            out[label] = json.loads(done.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -250,7 +253,7 @@ def main(argv=None):
     if args.memory_only:  # adds the memory figures to an earlier run's results
         results = json.loads(output.read_text())
         results["memory_steps"] = preset["memory_steps"]
-        results["peak_memory"] = peak_memory(*batch, preset["memory_steps"], workdir)
+        results["peak_memory"] = peak_memory(*batch, preset["memory_steps"])
         common.atomic_write(output, json.dumps(results, indent=1))
         print(render(results))
         if args.update_benchmarks:
@@ -265,7 +268,7 @@ def main(argv=None):
                                              workdir),
         "accuracy": accuracies(data, preset["data"]),
         "memory_steps": preset["memory_steps"],
-        "peak_memory": peak_memory(*batch, preset["memory_steps"], workdir),
+        "peak_memory": peak_memory(*batch, preset["memory_steps"]),
     }
     results["total_s"] = time.perf_counter() - start
     common.atomic_write(output, json.dumps(results, indent=1))
