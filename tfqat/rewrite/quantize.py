@@ -87,7 +87,7 @@ _GLOBAL_POOLS = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAverage
 
 
 def _reshape_global_pools_of_one_position(graph: Graph, config: QuantConfig) -> None:
-    """A global pool of a tensor with one spatial position -> a Reshape to its output shape.
+    """A global pool of another global pool's output (one spatial position) -> a Reshape.
 
     The pool is an identity on values there. As a pool it would be a MEAN (or REDUCE_MAX)
     of one value, and the converter merges a MEAN of another MEAN's 1x1 output into one
@@ -104,7 +104,11 @@ def _reshape_global_pools_of_one_position(graph: Graph, config: QuantConfig) -> 
             continue
         shape = graph.shapes[node.inputs[0]]
         spatial = shape[2:] if layer.data_format == "channels_first" else shape[1:-1]
-        if any(size != 1 for size in spatial):  # None (unknown) or more than one position
+        producer = graph.producer(node.inputs[0])
+        # Only a pool of another global pool's output: a pool of a 1x1 conv output converts
+        # as it is (keras.applications at small input sizes), and keeps its own MEAN.
+        if any(size != 1 for size in spatial) or producer is None or \
+                type(producer.layer) not in _GLOBAL_POOLS:
             new_nodes.append(node)
             continue
         (out,) = node.outputs
