@@ -9,17 +9,20 @@ JPEG copy `../shared/data/cifar10_jpeg.npz` itself, which is decoded once with t
 cifar10.py beside it and cached under the temp dir. Users with internet can write such a file
 from keras.datasets.cifar10.load_data().
 
-Models: ResNet-8 (MLPerf Tiny) and MobileNetV2 alpha 0.35, both at 32x32. Rows per model:
+Models: ResNet-8 (MLPerf Tiny), MobileNetV2 alpha 0.35 and vit_tiny, all at 32x32. Rows per model:
 float (Keras), converter PTQ (TFLiteConverter + representative dataset), tfqat PTQ
 (`tfqat.calibrate`, the best of minmax / percentile / entropy on a validation split), tfqat
 QAT (a few epochs from the float weights, BN freeze halfway), TFMOT QAT (same float weights,
 data order and schedule, in its own process; with --tfmot_python) -- with 8-bit per-channel
 weights, with per_channel=False and with 4-bit weights. Each .tflite is scored on the test set
-and against its own QAT model (top-1 agreement, mean / max output LSB difference).
+and against its own QAT model (top-1 agreement, mean / max output LSB difference), on LiteRT's
+builtin kernels and on XNNPACK (the default interpreter's delegate); `tfqat.evaluate_int8` is
+scored against the .tflite it simulates. TFMOT has no QAT for vit_tiny's layers.
 
-Presets: --quick (ResNet-8 on a 1,000-image subset, a few minutes; the slow tests run it),
---medium (both models, 3,000 training images, about 25 minutes on 2 shared cores), default
-`full` (the whole training set, 3 seeds; hours on 2 cores). The report and plots are written
+Presets: --quick (ResNet-8 and vit_tiny on 1,000 images, a few minutes; the slow tests run it),
+--medium (ResNet-8 and MobileNetV2, 3,000 training images), default `full` (all three models,
+the whole test split, a class-balanced training subset and epochs per model sized to about 90
+minutes on 2 cores; ResNet-8 over 3 seeds). The report and plots are written
 atomically (default bench/results/real/REAL.md); --update_benchmarks also puts the report into
 the "Real data (CIFAR-10, JPEG copy)" section of BENCHMARKS.md.
 """
@@ -66,10 +69,10 @@ VARIANTS = (
 
 @dataclasses.dataclass
 class Config:
-    """What one run trains and measures."""
+    """What one run trains and measures (a model spec's "schedule" overrides these fields)."""
 
     name: str
-    models: list  # dicts: key, name, alpha
+    models: list  # dicts: key, name, alpha, optional schedule (Config fields for that model)
     seeds: list
     train: int | None  # training images (class-balanced subset; None: all 50,000)
     validation: int  # held out of the training split, to pick the calibration method
@@ -82,14 +85,22 @@ class Config:
 
 RESNET8 = {"key": "resnet8", "name": "resnet8", "alpha": 1.0}
 MOBILENET = {"key": "mobilenet_v2 (alpha 0.35)", "name": "mobilenet_v2", "alpha": 0.35}
+VIT = {"key": "vit_tiny", "name": "vit_tiny", "alpha": 1.0}
+TFMOT_CANNOT = {"vit_tiny": "TFMOT has no QAT for MultiHeadAttention, LayerNormalization or the "
+                            "position embedding (it refuses them: bench/layer_coverage.py)"}
 PRESETS = {
-    "full": Config("full", [RESNET8, MOBILENET], seeds=[0, 1, 2], train=None, validation=2000,
-                   test=None, float_epochs=30, qat_epochs=3),
+    # Sized for about 90 minutes on 2 idle cores (measured: ResNet-8 trains 585 float / 253 QAT
+    # images/s, MobileNetV2 191 / 48, vit_tiny 422 / 158; conversions take seconds).
+    "full": Config("full", [
+        {**RESNET8, "schedule": {"seeds": [0, 1, 2]}},
+        {**MOBILENET, "schedule": {"train": 10000, "float_epochs": 6}},
+        {**VIT, "schedule": {"train": 10000}},
+    ], seeds=[0], train=20000, validation=1000, test=None, float_epochs=10, qat_epochs=1),
     # Sized for ~25 minutes on 2 cores shared with other jobs (each int8 conversion alone
     # takes about a minute there).
     "medium": Config("medium", [RESNET8, MOBILENET], seeds=[0], train=3000, validation=500,
                      test=1000, float_epochs=4, qat_epochs=1, calibration_images=256),
-    "quick": Config("quick", [RESNET8], seeds=[0], train=1000, validation=200, test=300,
+    "quick": Config("quick", [RESNET8, VIT], seeds=[0], train=1000, validation=200, test=300,
                     float_epochs=2, qat_epochs=1, calibration_images=128),
 }
 
@@ -154,14 +165,49 @@ def _accuracy(probabilities, labels):
     return float(np.mean(np.asarray(probabilities).argmax(-1) == labels))
 
 
+def _fidelity(scores):
+    """The summary of one fidelity measurement: disagreements become counts, with those where
+    the QAT model's own top-2 margin is under one output LSB (the int8 output cannot hold that
+    ranking) counted apart."""
+    flips = scores.pop("disagreements")
+    scores.pop("qat")
+    scores["disagreements"] = len(flips)
+    scores["disagreements_within_1_lsb"] = sum(f["qat_margin_lsb"] < 1 for f in flips)
+    return scores
+
+
 def _score(tflite, reference, data):
-    """int8 test accuracy and fidelity to `reference` (the QAT model's test outputs)."""
+    """int8 test accuracy and fidelity to `reference` (the QAT model's test outputs), on the
+    builtin kernels (top level) and on XNNPACK ("xnnpack")."""
     import run as bench_run
 
-    scores = bench_run.tflite_fidelity(reference, tflite, data["x_test"], data["y_test"])
-    scores.pop("disagreements")
-    scores["bytes"] = len(tflite)
-    return scores
+    scores, on_xnnpack = (_fidelity(bench_run.tflite_fidelity(
+        reference, tflite, data["x_test"], data["y_test"], kernels=kernels))
+        for kernels in ("builtin", "xnnpack"))
+    return {**scores, "xnnpack": on_xnnpack, "bytes": len(tflite)}
+
+
+def _int8_eval_agreement(tflite, reference, data):
+    """How often `tfqat.evaluate_int8` computes what the .tflite computes on the test set (top-1
+    agreement, identical int8 outputs), for each kernel set it simulates; and the fidelity of
+    the .tflite to `reference` (its QAT model's outputs) on the reference kernels."""
+    import run as bench_run
+
+    import tfqat
+    from tfqat.diagnostics import evaluation
+
+    scores = {}
+    for kernels in ("reference", "xnnpack"):
+        ours = tfqat.evaluate_int8(tflite, data["x_test"], kernels=kernels).outputs.raw
+        lite = evaluation.run_tflite(tflite, data["x_test"], kernels=kernels)
+        scores[kernels] = {
+            "top1": float(np.mean(ours.argmax(-1) == lite.raw.argmax(-1))),
+            "identical_outputs": float(np.mean(np.all(ours == lite.raw, axis=-1))),
+            "max_lsb": int(np.abs(ours.astype(np.int32) - lite.raw).max())}
+        if kernels == "reference":
+            reference_fidelity = _fidelity(bench_run.outputs_fidelity(reference, lite,
+                                                                      data["y_test"]))
+    return scores, reference_fidelity
 
 
 def _export(qat):
@@ -183,19 +229,23 @@ def train_float(spec, data, config, seed):
     model = models.build_model(spec["name"], (32, 32, 3), 10, spec["alpha"])
     steps = config.float_epochs * common.steps_per_epoch(len(data["y_train"]), BATCH)
     common.compile_cosine(keras, model, FLOAT_LR, steps)
-    start = time.perf_counter()
-    common.fit_in_order(model, data["x_train"], data["y_train"],
-                        common.epoch_orders(len(data["y_train"]), config.float_epochs, seed), BATCH)
-    train_s = time.perf_counter() - start
-    before = _accuracy(model.predict(data["x_test"], batch_size=256, verbose=0), data["y_test"])
-    weight = batchnorm.unsettled_weight(batchnorm.max_momentum(model), steps)
+    train_s, curve = 0.0, []
+    for order in common.epoch_orders(len(data["y_train"]), config.float_epochs, seed):
+        start = time.perf_counter()
+        common.fit_in_order(model, data["x_train"], data["y_train"], [order], BATCH)
+        train_s += time.perf_counter() - start
+        curve.append(_accuracy(model.predict(data["x_test"], batch_size=256, verbose=0),
+                               data["y_test"]))  # test accuracy after each epoch: the curve
+    before = curve[-1]
+    momentum = batchnorm.max_momentum(model)  # None: no BatchNormalization (vit_tiny)
+    weight = 0.0 if momentum is None else batchnorm.unsettled_weight(momentum, steps)
     reestimated = weight > 0.01  # the tfqat-train "auto" rule
     if reestimated:
         tfqat.reestimate_batchnorm(model, data["x_train"], steps=200, batch_size=BATCH)
     after = _accuracy(model.predict(data["x_test"], batch_size=256, verbose=0), data["y_test"])
     return model, {"accuracy": after, "accuracy_before_bn_reestimation": before,
                    "bn_reestimated": reestimated, "initial_stats_weight": weight,
-                   "train_s": train_s, "steps": steps}
+                   "train_s": train_s, "steps": steps, "test_accuracy_per_epoch": curve}
 
 
 def tfqat_ptq(float_model, variant_kwargs, data, config):
@@ -239,7 +289,7 @@ def tfqat_qat(float_model, variant_kwargs, method, data, config, seed):
     tflite = _export(qat)
     reference = qat.predict(data["x_test"], batch_size=256, verbose=0)
     return {"train_s": train_s, "steps": steps, "bn_freeze_delay": steps // 2,
-            **_score(tflite, reference, data)}
+            **_score(tflite, reference, data)}, tflite, reference
 
 
 def tfmot_qat(tfmot, float_model, spec, data, config, seed, workdir):
@@ -271,13 +321,16 @@ def run_benchmark(config, arrays, tfmot, workdir, partial_path=None):
     started = time.perf_counter()
     runs = []
     for spec in config.models:
-        for seed in config.seeds:
-            data = split(arrays, config, seed)
+        model_config = schedule(config, spec)
+        for seed in model_config.seeds:
+            data = split(arrays, model_config, seed)
             print(f"[real] {spec['key']} seed {seed}: float training ...", file=sys.stderr,
                   flush=True)
-            float_model, float_result = train_float(spec, data, config, seed)
-            entry = {"model": spec["key"], "seed": seed, "float": float_result, "rows": {}}
-            calibration = data["x_train"][:config.calibration_images]
+            float_model, float_result = train_float(spec, data, model_config, seed)
+            entry = {"model": spec["key"], "seed": seed, "float": float_result, "rows": {},
+                     "schedule": {k: getattr(model_config, k) for k in
+                                  ("train", "float_epochs", "qat_epochs")}}
+            calibration = data["x_train"][:model_config.calibration_images]
             for label, kwargs, converter_can in VARIANTS:
                 if label not in config.variants:
                     continue
@@ -291,17 +344,26 @@ def run_benchmark(config, arrays, tfmot, workdir, partial_path=None):
                         per_channel=kwargs.get("per_channel", True))
                     reference = float_model.predict(data["x_test"], batch_size=256, verbose=0)
                     rows["converter PTQ"] = _score(tflite, reference, data)
-                rows["tfqat PTQ"], method = tfqat_ptq(float_model, kwargs, data, config)
-                rows["tfqat QAT"] = tfqat_qat(float_model, kwargs, method, data, config, seed)
-                if label == "8-bit per-channel" and tfmot.available:
-                    rows["TFMOT QAT"] = tfmot_qat(tfmot, float_model, spec, data, config, seed,
-                                                  workdir)
+                rows["tfqat PTQ"], method = tfqat_ptq(float_model, kwargs, data, model_config)
+                rows["tfqat QAT"], qat_tflite, qat_outputs = tfqat_qat(
+                    float_model, kwargs, method, data, model_config, seed)
+                if label == "8-bit per-channel":
+                    entry["int8_eval"], rows["tfqat QAT"]["reference"] = _int8_eval_agreement(
+                        qat_tflite, qat_outputs, data)
+                    if tfmot.available and spec["name"] not in TFMOT_CANNOT:
+                        rows["TFMOT QAT"] = tfmot_qat(tfmot, float_model, spec, data,
+                                                      model_config, seed, workdir)
                 entry["rows"][label] = rows
             runs.append(entry)
             if partial_path is not None:
                 common.atomic_write(partial_path, json.dumps({"runs": runs}, indent=1))
             keras.backend.clear_session()
     return {"runs": runs, "total_s": time.perf_counter() - started}
+
+
+def schedule(config, spec):
+    """`config` with the model's own schedule overrides (train, epochs, seeds) applied."""
+    return dataclasses.replace(config, **spec.get("schedule", {}))
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -320,25 +382,61 @@ def _pct(stats):
     return f"{100 * mean:.2f} %" if count == 1 else f"{100 * mean:.2f} ± {100 * std:.2f} %"
 
 
+METRICS = ("int8", "agreement", "mean_lsb", "max_lsb", "disagreements",
+           "disagreements_within_1_lsb")
+# Where each kernel set's scores sit in a row's results, and its metrics' prefix in `collect`.
+KERNEL_SETS = (("builtin kernels", None, ""), ("XNNPACK", "xnnpack", "xnnpack_"),
+               ("reference kernels", "reference", "reference_"))
+
+
 def collect(results):
-    """{model: {variant: {row: {metric: (mean, std, n)}}}} and {model: float stats}."""
-    table, floats = {}, {}
+    """{model: {variant: {row: {metric: (mean, std, n)}}}} and {model: float stats}; metrics
+    on XNNPACK and the reference kernels carry KERNEL_SETS' prefixes."""
+    table, floats, int8_eval = {}, {}, {}
     for entry in results["runs"]:
-        floats.setdefault(entry["model"], []).append(entry["float"])
+        floats.setdefault(entry["model"], []).append(entry)
+        for kernels, scores in entry.get("int8_eval", {}).items():
+            slot = int8_eval.setdefault(entry["model"], {}).setdefault(kernels, {})
+            for metric, value in scores.items():
+                slot.setdefault(metric, []).append(value)
         for variant, rows in entry["rows"].items():
             for row, scores in rows.items():
                 slot = table.setdefault(entry["model"], {}).setdefault(variant, {}).setdefault(
                     row, {})
-                for metric in ("int8", "agreement", "mean_lsb", "max_lsb"):
-                    slot.setdefault(metric, []).append(None if scores is None else scores[metric])
+                for _, key, prefix in KERNEL_SETS:
+                    kernel_scores = (scores or {}).get(key) or {} if key else scores or {}
+                    for metric in METRICS:
+                        slot.setdefault(prefix + metric, []).append(kernel_scores.get(metric))
     stats = {m: {v: {r: {k: _mean_std(vals) for k, vals in metrics.items()}
                      for r, metrics in rows.items()} for v, rows in variants.items()}
              for m, variants in table.items()}
-    float_stats = {m: {"accuracy": _mean_std([f["accuracy"] for f in fs]),
-                       "before": _mean_std([f["accuracy_before_bn_reestimation"] for f in fs]),
-                       "reestimated": any(f["bn_reestimated"] for f in fs)}
-                   for m, fs in floats.items()}
+    float_stats = {}
+    for model, entries in floats.items():
+        fs = [e["float"] for e in entries]
+        curves = [f["test_accuracy_per_epoch"] for f in fs if f.get("test_accuracy_per_epoch")]
+        float_stats[model] = {
+            "accuracy": _mean_std([f["accuracy"] for f in fs]),
+            "before": _mean_std([f["accuracy_before_bn_reestimation"] for f in fs]),
+            "reestimated": any(f["bn_reestimated"] for f in fs),
+            "curve": np.mean([c for c in curves if len(c) == len(curves[0])], axis=0).tolist()
+            if curves else [],
+            "schedule": entries[0].get("schedule"), "seeds": [e["seed"] for e in entries],
+            "int8_eval": {k: {metric: _mean_std(values) for metric, values in scores.items()}
+                          for k, scores in int8_eval.get(model, {}).items()}}
     return stats, float_stats
+
+
+def _fidelity_target(label, model, fid, prefix=""):
+    agreement, mean_lsb = fid.get(f"{prefix}agreement"), fid.get(f"{prefix}mean_lsb")
+    if not agreement:
+        return None
+    met = agreement[0] >= 0.995 and mean_lsb[0] <= 0.5
+    flips, near = fid.get(f"{prefix}disagreements"), fid.get(f"{prefix}disagreements_within_1_lsb")
+    ties = (f" ({near[0]:.0f} of the {flips[0]:.0f} disagreeing images: QAT top-2 margin under "
+            "1 output LSB)" if flips and near and flips[0] else "")
+    return (f"{label}: agreement ≥ 99.5 %, mean ≤ 0.5 LSB", model,
+            f"{100 * agreement[0]:.2f} % / {mean_lsb[0]:.3f} LSB{ties}",
+            "met" if met else "**missed**")
 
 
 def targets(stats, float_stats):
@@ -353,8 +451,10 @@ def targets(stats, float_stats):
             rows.append(("tfqat QAT int8 ≥ float − 0.3 points", model,
                          f"{_pct(qat)} vs float {_pct(flt)}", "met" if met else "**missed**"))
         tfmot = main.get("TFMOT QAT", {}).get("int8")
+        cannot = next((why for name, why in TFMOT_CANNOT.items() if model.startswith(name)), None)
         rows.append(("tfqat QAT int8 ≥ TFMOT QAT int8", model,
                      f"{_pct(qat)} vs {_pct(tfmot)}",
+                     f"not measured: {cannot}" if cannot and tfmot is None else
                      "not measured (see the TFMOT note)" if tfmot is None or qat is None else
                      ("met" if qat[0] >= tfmot[0] else "**missed**")))
         if model == "resnet8":
@@ -369,18 +469,32 @@ def targets(stats, float_stats):
                              f"QAT {_pct(q)} vs tfqat PTQ {_pct(p)} ({margin:+.2f} points)",
                              "met" if margin >= 1.0 else "**missed**"))
         for row in ("tfqat PTQ", "tfqat QAT"):
-            fid = main.get(row, {})
-            if fid.get("agreement"):
-                agreement, mean_lsb = fid["agreement"][0], fid["mean_lsb"][0]
-                rows.append((f"{row} .tflite vs its model: agreement ≥ 99.5 %, mean ≤ 0.5 LSB "
-                             "(reference kernels)", model,
-                             f"{100 * agreement:.2f} % / {mean_lsb:.3f} LSB",
-                             "met" if agreement >= 0.995 and mean_lsb <= 0.5 else "**missed**"))
+            for kernels, _, prefix in KERNEL_SETS:
+                target = _fidelity_target(f"{row} .tflite vs its model ({kernels})", model,
+                                          main.get(row, {}), prefix)
+                if target:
+                    rows.append(target)
+        for kernels, scores in float_stats[model]["int8_eval"].items():
+            top1, same = scores["top1"][0], scores["identical_outputs"][0]
+            rows.append((f"evaluate_int8 vs the .tflite ({kernels}): top-1 agreement ≥ 99.9 %",
+                         model, f"{100 * top1:.2f} % (identical int8 outputs on "
+                         f"{100 * same:.2f} % of images, max {scores['max_lsb'][0]:.0f} LSB)",
+                         "met" if top1 >= 0.999 else "**missed**"))
     return rows
 
 
-def plot(stats, float_stats, path):
-    """Grouped bars: int8 test accuracy per row, one panel per model. False if no matplotlib."""
+def _save_png(fig, path):
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    common.atomic_write(path, buffer.getvalue())
+
+
+def plot(stats, float_stats, path, curve_path):
+    """Grouped bars of int8 test accuracy per row (one panel per model) at `path`, the float
+    models' test accuracy per epoch at `curve_path`. False if matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -406,11 +520,29 @@ def plot(stats, float_stats, path):
         ax.set_title(model)
         ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    common.atomic_write(path, buffer.getvalue())
+    _save_png(fig, path)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for model, fs in float_stats.items():
+        if fs["curve"]:
+            ax.plot(np.arange(1, len(fs["curve"]) + 1), 100 * np.asarray(fs["curve"]),
+                    marker="o", label=model)
+    ax.axhline(85, color="k", linestyle="--", linewidth=1, label="MLPerf Tiny target (85 %)")
+    ax.set_xlabel("float training epoch")
+    ax.set_ylabel("float test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, curve_path)
     return True
+
+
+def _schedules(float_stats, config):
+    parts = []
+    for model, fs in float_stats.items():
+        schedule = fs["schedule"] or {k: config[k] for k in ("train", "float_epochs", "qat_epochs")}
+        parts.append(f"{model}: {schedule['train'] or 50000} training images, "
+                     f"{schedule['float_epochs']} float epochs, {schedule['qat_epochs']} QAT "
+                     f"epoch(s), seeds {fs['seeds']}")
+    return "; ".join(parts)
 
 
 def render(results, plot_path):
@@ -418,24 +550,23 @@ def render(results, plot_path):
     config = results["config"]
     stats, float_stats = collect(results)
     out = ["## Real data (CIFAR-10, JPEG copy)", "",
-           f"Written by `python bench/real.py --data=… --{config['name']}` (preset "
+           f"Written by `python bench/real.py --data=…{'' if config['name'] == 'full' else ' --' + config['name']}` (preset "
            f"`{config['name']}`, {results['total_s'] / 60:.1f} min wall"
-           f"{' in %d processes side by side' % results['processes'] if results.get('processes', 1) > 1 else ''} on "
+           f"{', the sum of %d runs of one model each' % results['processes'] if results.get('processes', 1) > 1 else ''}, on "
            f"{results['machine']['cores']} cores shared with other jobs). "
-           f"Training images: {config['train'] or 50000} (class-balanced subset of the official "
-           f"training split; another {config['validation']} from it are held out for choosing the "
-           f"calibration method), test images: {config['test'] or 10000} of the official test split. "
-           f"Float: {config['float_epochs']} epochs, Adam {FLOAT_LR} with cosine decay, batch "
-           f"{BATCH}, no augmentation. QAT (tfqat and TFMOT): {config['qat_epochs']} epochs from "
+           f"Training images: class-balanced subsets of the official training split (another "
+           f"{config['validation']} from it are held out for choosing the calibration method); "
+           f"test images: {config['test'] or 10000} of the official test split. "
+           f"Per model: {_schedules(float_stats, config)}. "
+           f"Float: Adam {FLOAT_LR} with cosine decay, batch "
+           f"{BATCH}, no augmentation. QAT (tfqat and TFMOT): from "
            f"the float weights, Adam {QAT_LR} with cosine decay, same data order; tfqat's BN "
-           f"freeze halfway. Seeds: {config['seeds']}. PTQ calibration: "
+           f"freeze halfway. PTQ calibration: "
            f"{config['calibration_images']} training images.", ""]
     if config["name"] != "full":
-        out += [f"**Reduced schedule.** These figures come from the `{config['name']}` preset "
-                "(a training subset and a few epochs, to fit the machine's time budget), not the "
-                "full run; `python bench/real.py --data=…` (all 50,000 images, "
-                f"{PRESETS['full'].float_epochs} float epochs, {PRESETS['full'].qat_epochs} QAT "
-                "epochs, 3 seeds) needs several hours on 2 cores.", ""]
+        out += [f"**Reduced schedule.** These figures come from the `{config['name']}` preset, "
+                "a smaller training subset and fewer epochs than `python bench/real.py --data=…` "
+                "(the `full` preset).", ""]
     out += ["### Targets", "", "| target | model | measured | result |", "| --- | --- | --- | --- |"]
     out += [f"| {t} | {m} | {v} | {r} |" for t, m, v, r in targets(stats, float_stats)]
     out += [""]
@@ -443,34 +574,47 @@ def render(results, plot_path):
         fs = float_stats[model]
         note = (f" (BatchNorm statistics re-estimated after float training: "
                 f"{_pct(fs['before'])} before)" if fs["reestimated"] else "")
-        out += [f"### {model}", "", f"Float (Keras) test accuracy: {_pct(fs['accuracy'])}{note}.",
+        curve = ", ".join(f"{100 * a:.1f}" for a in fs["curve"])
+        out += [f"### {model}", "", f"Float (Keras) test accuracy: {_pct(fs['accuracy'])}{note}. "
+                f"Per float epoch (%): {curve}.",
                 "", "| weights | row | int8 .tflite accuracy | agreement with its model | "
-                "mean LSB | max LSB |", "| --- | --- | --- | --- | --- | --- |"]
+                "mean LSB | max LSB | XNNPACK: int8 accuracy | agreement | mean LSB |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for variant, rows in variants.items():
             for row in sorted(rows, key=ROW_ORDER.index):
                 metrics = rows[row]
                 if metrics["int8"] is None:
-                    out.append(f"| {variant} | {row} | not measured | | | |")
+                    out.append(f"| {variant} | {row} | not measured | | | | | | |")
                     continue
+                xnn = metrics["xnnpack_mean_lsb"]
                 out.append(f"| {variant} | {row} | {_pct(metrics['int8'])} | "
                            f"{_pct(metrics['agreement'])} | {metrics['mean_lsb'][0]:.3f} | "
-                           f"{metrics['max_lsb'][0]:.0f} |")
+                           f"{metrics['max_lsb'][0]:.0f} | {_pct(metrics['xnnpack_int8'])} | "
+                           f"{_pct(metrics['xnnpack_agreement'])} | "
+                           f"{'not measured' if xnn is None else f'{xnn[0]:.3f}'} |")
         out.append("")
     methods = sorted({(e["model"], v, rows["tfqat PTQ"]["method"]) for e in results["runs"]
                       for v, rows in e["rows"].items()})
     out += ["tfqat PTQ's calibration method (best validation accuracy): " + "; ".join(
         f"{m} {v}: {method}" for m, v, method in methods) + ".", ""]
     out += ["\"agreement\" and the LSB columns compare each .tflite with its own model (the "
-            "float model for converter PTQ), on LiteRT's builtin reference kernels. 4-bit "
+            "float model for converter PTQ), on LiteRT's builtin kernels (no delegate) and on "
+            "XNNPACK, the delegate LiteRT's default interpreter applies. With several seeds, "
+            "accuracies and agreements are mean ± std; LSB figures are means. 4-bit "
             "weights are simulated: the .tflite stores them as int8 on a 4-bit grid; the "
-            "converter has no 4-bit PTQ, so that row has no converter entry.", ""]
+            "converter has no 4-bit PTQ, so that row has no converter entry. "
+            "`evaluate_int8` is scored on the 8-bit per-channel tfqat QAT .tflite: its "
+            "reference-kernel simulation against the reference kernels (LiteRT's "
+            "BuiltinRefOpResolver), its XNNPACK simulation against XNNPACK; the reference "
+            "kernels also score that .tflite's fidelity.", ""]
     if results["tfmot"]["note"]:
         out += [f"TFMOT: {results['tfmot']['note']}.", ""]
     out += ["QAT/float step time and peak memory on CIFAR-10 (ResNet-8): see \"BatchNorm fold "
-            "modes\" below. Not measured here (issue 12): the XNNPACK-delegate fidelity of "
-            "these models, vit_tiny.", ""]
+            "modes\" below.", ""]
     if plot_path:
-        out += [f"![int8 accuracy per row]({plot_path})", ""]
+        curves = plot_path.replace("real_int8_accuracy", "real_float_curves")
+        out += [f"![int8 accuracy per row]({plot_path})", "",
+                f"![float test accuracy per epoch]({curves})", ""]
     return "\n".join(out) + "\n"
 
 
@@ -497,7 +641,7 @@ def write_report(results, output, update=False):
     common.atomic_write(plots_dir / "real_results.json", json.dumps(results, indent=1))
     stats, float_stats = collect(results)
     png = plots_dir / "real_int8_accuracy.png"
-    plotted = plot(stats, float_stats, png)
+    plotted = plot(stats, float_stats, png, plots_dir / "real_float_curves.png")
     common.atomic_write(output, render(results, os.path.relpath(png, output.parent)
                                        if plotted else None))
     if update:
@@ -505,12 +649,12 @@ def write_report(results, output, update=False):
 
 
 def merge(paths):
-    """One results dict from several runs' real_results.json (e.g. one process per model, run
-    side by side): runs concatenated, wall time the longest, TFMOT notes joined."""
+    """One results dict from several runs' real_results.json (one process per model, run one
+    after another): runs concatenated, wall times summed, TFMOT notes joined."""
     parts = [json.loads(pathlib.Path(p).read_text()) for p in paths]
     merged = dict(parts[0])
     merged["runs"] = [run for part in parts for run in part["runs"]]
-    merged["total_s"] = max(part["total_s"] for part in parts)
+    merged["total_s"] = sum(part["total_s"] for part in parts)
     merged["processes"] = len(parts)
     notes = [part["tfmot"]["note"] for part in parts if part["tfmot"]["note"]]
     merged["tfmot"] = {**parts[0]["tfmot"], "note": "; ".join(notes)}
@@ -523,10 +667,11 @@ def main(argv=None):
     parser.add_argument("--data", help="CIFAR-10 .npz: decoded arrays, or "
                         "../shared/data/cifar10_jpeg.npz (required unless --merge)")
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="ResNet-8 on 1,000 images (minutes)")
+    preset.add_argument("--quick", action="store_true",
+                        help="ResNet-8 and vit_tiny on 1,000 images (minutes)")
     preset.add_argument("--medium", action="store_true", help="both models, 3,000 images")
     parser.add_argument("--models", help="comma-separated subset of the preset's models "
-                        "(resnet8, mobilenet_v2)")
+                        "(resnet8, mobilenet_v2, vit_tiny)")
     parser.add_argument("--output", help="report to write (default bench/results/real/REAL.md; "
                         "with --quick bench/results/quick_real/REAL.md)")
     parser.add_argument("--tfmot_python", help="interpreter with tf-keras and "

@@ -255,14 +255,20 @@ def _accuracy(probabilities, labels):
     return float(np.mean(np.asarray(probabilities).argmax(-1) == labels))
 
 
-def tflite_fidelity(qat_probabilities, tflite, x, y):
+def tflite_fidelity(qat_probabilities, tflite, x, y, kernels="builtin"):
     """Top-1 agreement and output LSB differences of a .tflite against its own QAT model.
 
     The same code scores tfqat's and TFMOT's files: the QAT outputs come in as arrays.
+    `kernels`: the LiteRT kernels that run the .tflite (see `run_tflite`).
     """
     from tfqat.diagnostics import evaluation
 
-    lite = evaluation.run_tflite(tflite, x)
+    return outputs_fidelity(qat_probabilities, evaluation.run_tflite(tflite, x, kernels=kernels),
+                            y)
+
+
+def outputs_fidelity(qat_probabilities, lite, y):
+    """`tflite_fidelity` of outputs already computed (`lite`: run_tflite's TFLiteOutputs)."""
     qat = np.asarray(qat_probabilities, np.float64)
     dequantized = lite.dequantized.astype(np.float64)
     lsb = np.abs(dequantized - qat) / lite.scale
@@ -273,7 +279,7 @@ def tflite_fidelity(qat_probabilities, tflite, x, y):
 
     flips = np.nonzero(dequantized.argmax(-1) != qat.argmax(-1))[0]
     return {"qat": _accuracy(qat, y), "int8": _accuracy(dequantized, y),
-            "agreement": float(1 - len(flips) / len(x)),
+            "agreement": float(1 - len(flips) / len(qat)),
             "mean_lsb": float(lsb.mean()), "max_lsb": float(lsb.max()),
             "disagreements": [{"image": int(i), "qat_margin_lsb": margin(qat[i]),
                                "tflite_margin_lsb": margin(dequantized[i]),

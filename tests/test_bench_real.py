@@ -62,16 +62,26 @@ def test_quick_preset_writes_report_plot_and_json(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     text = output.read_text()
     for fragment in ("## Real data (CIFAR-10, JPEG copy)", "### Targets", "### resnet8",
-                     "Reduced schedule", "8-bit per-tensor", "4-bit weights", "converter PTQ",
-                     "tfqat QAT"):
+                     "### vit_tiny", "Reduced schedule", "8-bit per-tensor", "4-bit weights",
+                     "converter PTQ", "tfqat QAT", "XNNPACK", "evaluate_int8 vs the .tflite"):
         assert fragment in text, fragment
-    assert (tmp_path / "plots" / "real_int8_accuracy.png").stat().st_size > 1000
+    for png in ("real_int8_accuracy.png", "real_float_curves.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
     results = json.loads((tmp_path / "plots" / "real_results.json").read_text())
-    rows = results["runs"][0]["rows"]
-    assert set(rows) == {"8-bit per-channel", "8-bit per-tensor", "4-bit weights"}
-    qat = rows["8-bit per-channel"]["tfqat QAT"]
-    # Far above chance (10%) even on the quick schedule, and its .tflite follows it.
-    assert qat["int8"] > 0.2 and qat["agreement"] > 0.9
+    assert [run["model"] for run in results["runs"]] == ["resnet8", "vit_tiny"]
+    for run in results["runs"]:
+        rows = run["rows"]
+        assert set(rows) == {"8-bit per-channel", "8-bit per-tensor", "4-bit weights"}
+        qat = rows["8-bit per-channel"]["tfqat QAT"]
+        # Its .tflite follows it on every kernel set.
+        for scores in (qat, qat["xnnpack"], qat["reference"]):
+            assert scores["agreement"] > 0.8 and scores["mean_lsb"] < 0.5, scores
+        # evaluate_int8 is bit-exact against the reference kernels on these models.
+        assert run["int8_eval"]["reference"]["identical_outputs"] == 1.0, run["int8_eval"]
+        assert run["int8_eval"]["xnnpack"]["max_lsb"] <= 1, run["int8_eval"]
+        assert len(run["float"]["test_accuracy_per_epoch"]) == 2
+    # Far above chance (10%) even on the quick schedule.
+    assert results["runs"][0]["rows"]["8-bit per-channel"]["tfqat QAT"]["int8"] > 0.2
 
 
 def test_bench_run_report_keeps_the_real_data_section(tmp_path):
