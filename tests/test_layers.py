@@ -394,3 +394,57 @@ def test_no_conditional_around_convolutions_under_xla():
 
     assert op_types(False) & {"If", "StatelessIf"}  # without XLA the frozen step skips a conv
     assert not op_types(True) & {"If", "StatelessIf"}
+
+
+# ---- the int32 bias at inference -------------------------------------------------------
+
+def _bias_grid_model(kind):
+    """input -> ZeroPadding2D -> conv / depthwise (or Flatten -> Dense), BN folded, with
+    non-trivial biases."""
+    inputs = keras.Input((9, 9, 3))
+    x = keras.layers.ZeroPadding2D(1)(inputs)  # looked through to the input's quantizer
+    if kind == "conv":
+        x = keras.layers.Conv2D(8, 3, strides=2)(x)
+    elif kind == "depthwise":
+        x = keras.layers.DepthwiseConv2D(3, strides=2)(x)
+    else:
+        x = keras.layers.Dense(8)(keras.layers.Flatten()(x))
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        for variable in layer.weights:
+            if variable.path.split("/")[-1] in ("bias", "beta", "kernel", "depthwise_kernel"):
+                variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
+def test_inference_bias_is_the_exported_int32_bias(kind, tmp_path):
+    # The converter stores the bias as int32 on s_in * s_w[c]; inference adds that value
+    # (a float bias moves 0.03-0.09 % of a conv's roundings against XNNPACK's: bench/
+    # fidelity_sources.py), so the QAT model's int8 outputs are XNNPACK's value for value.
+    from tfqat.diagnostics import evaluation
+    from tfqat.export.reader import read_tflite
+
+    qat = tfqat.quantize_model(_bias_grid_model(kind))
+    x = np.random.default_rng(1).uniform(-1, 1, (256, 9, 9, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    (layer,) = [layer for layer in qat.layers if isinstance(layer, tfqat.FusedQuantLayer)]
+    tflite = tfqat.export_tflite(qat)
+    (op,) = [op for op in read_tflite(tflite).ops if len(op.inputs) > 2]
+    x_t, w_t, b_t = op.inputs[:3]
+    exported = read_tflite(tflite).constants[b_t.index] * (x_t.scale * w_t.scales.astype(np.float64))
+    inference = layer._on_bias_grid(layer.folded_bias(), layer.folded_kernel_view()).numpy()
+    np.testing.assert_allclose(inference, exported, rtol=1e-6)
+    assert np.abs(layer.folded_bias().numpy() - exported).max() > 1e-3 * x_t.scale * w_t.scales.min()
+    lite = evaluation.run_tflite(tflite, x, kernels="xnnpack")
+    on_grid = np.round(qat.predict(x, verbose=0).reshape(lite.raw.shape) / lite.scale)
+    # Float32 ties aside (a value or two), the int8 outputs are XNNPACK's.
+    assert np.mean(on_grid + lite.zero_point == lite.raw) >= 0.999
+    # A loaded model links its layers again; export is unchanged by the link (the converter
+    # gets the float bias and rounds it itself).
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    assert tfqat.export_tflite(loaded) == tflite

@@ -23,12 +23,15 @@ value and gradient, so the frozen branch skips the batch-statistics op.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import keras
 import tensorflow as tf
 
 from tfqat.config import BN_FOLD_MODES
-from tfqat.nn.quantizers import add_step_counter, fake_quant_weights, pass_through_during_delay
+from tfqat.nn.quantizers import (add_step_counter, fake_quant_weights, pass_through_during_delay,
+                                 weight_scale)
 
 FUSABLE_ACTIVATIONS = {
     None: tf.identity,
@@ -135,9 +138,11 @@ class FusedQuantLayer(keras.layers.Layer):
 
     def _call_in_op_layout(self, inputs, training):
         if self.batchnorm is None:
-            outputs = self._linear(inputs, self._quantize(self._raw_kernel_view(), training))
+            kernel_view = self._raw_kernel_view()
+            outputs = self._linear(inputs, self._quantize(kernel_view, training))
             if self.bias is not None:
-                outputs = outputs + self.bias
+                outputs = outputs + (self.bias if training else
+                                     self._on_bias_grid(self.bias, kernel_view))
         elif not (training and self.trainable):
             # Like Keras BatchNormalization, a frozen (non-trainable) layer uses moving stats.
             outputs = self._folded_frozen(inputs, training)
@@ -163,14 +168,16 @@ class FusedQuantLayer(keras.layers.Layer):
             return self._kernel_view(tf.ones([self._channels]))
         return self._kernel_view(self.kernel)
 
-    def _quantize(self, kernel_view, training):
+    def _container_bits(self):
         # TF 2.21's converter re-grids 5-7-bit fake-quantized weights to 127 levels (per
         # tensor up to 7 LSB off the QAT model, per channel 2 LSB; found by
         # tests/test_fuzz_graphs.py): fewer bits are carried as int8 values on the
         # weight_bits grid, the same values. 4-bit per-channel weights it keeps as they are.
-        container = None if self.per_channel and self.weight_bits <= 4 else 8
+        return None if self.per_channel and self.weight_bits <= 4 else 8
+
+    def _quantize(self, kernel_view, training):
         quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
-                                              container_bits=container)
+                                              container_bits=self._container_bits())
         if not training:
             return quantize()
         return pass_through_during_delay(self.step.value, self.quant_delay, kernel_view, quantize)
@@ -215,8 +222,36 @@ class FusedQuantLayer(keras.layers.Layer):
     def _folded_frozen(self, inputs, training):
         gamma, beta, bias = self._bn_affine()
         sigma_mv = self._moving_sigma()
-        outputs = self._linear(inputs, self._quantize(self.folded_kernel_view(), training))
-        return outputs + (beta + gamma * (bias - self.moving_mean) / sigma_mv)
+        kernel_view = self.folded_kernel_view()
+        outputs = self._linear(inputs, self._quantize(kernel_view, training))
+        offset = beta + gamma * (bias - self.moving_mean) / sigma_mv
+        return outputs + (offset if training else self._on_bias_grid(offset, kernel_view))
+
+    # ---- the int32 bias -------------------------------------------------
+    def link_input_quantizer(self, quantizer):
+        """Makes inference add the bias on the int32 grid the converter stores it on
+        (s_in * s_w per channel), `quantizer` being the ActivationQuantizer whose tensor this
+        layer reads. QATModel links its layers; without a link the bias stays float.
+
+        The measured reason (docs/design.md, "Fidelity on deep nets"): with a float bias, 0.03-0.09 %
+        of a conv's int8 outputs differ by 1 LSB from XNNPACK's, and deep nets compound them.
+        The link is not tracked (the quantizer is the model's layer, not this one's).
+
+        Example:
+          >>> conv.link_input_quantizer(qat.get_layer("conv1_input_fq"))
+        """
+        self.__dict__["_input_quantizer"] = quantizer
+
+    def _on_bias_grid(self, bias, kernel_view):
+        quantizer = self.__dict__.get("_input_quantizer")
+        if quantizer is None or quantizer._bypassed or _FLOAT_BIAS[0]:
+            return bias
+        grid = quantizer.scale() * weight_scale(kernel_view, self.weight_bits, self.per_channel,
+                                                self._container_bits())
+        # Straight-through: the rounding's gradient is the identity (e.g. under tf.GradientTape
+        # in inference mode); a range not set yet (zero scale) leaves the bias as it is.
+        rounded = bias + tf.stop_gradient(tf.round(tf.math.divide_no_nan(bias, grid)) * grid - bias)
+        return tf.where(grid > 0, rounded, bias)
 
     def _folded_with_batch_stats(self, inputs, frozen=None):
         """The batch-statistics form; with a boolean tensor `frozen`, the frozen form where
@@ -297,6 +332,26 @@ class FusedQuantLayer(keras.layers.Layer):
 
 # Tests set it to run the single-pass freeze switch outside XLA and distribution too.
 SELECT_FREEZE = False
+# [True] while a conversion traces the model: the converter rounds the float bias itself (and
+# export's bias nudge for the converter's splat-bias bug must not be rounded away).
+_FLOAT_BIAS = [False]
+
+
+@contextlib.contextmanager
+def float_bias():
+    """Inference adds the float bias, not its int32-grid value, while this is open (the
+    converter's tracing; see FusedQuantLayer.link_input_quantizer).
+
+    Example:
+      >>> with float_bias():
+      ...     flatbuffer = converter.convert()
+    """
+    previous = _FLOAT_BIAS[0]
+    _FLOAT_BIAS[0] = True
+    try:
+        yield
+    finally:
+        _FLOAT_BIAS[0] = previous
 
 
 def _compiling_with_xla() -> bool:
@@ -638,14 +693,10 @@ class QuantConv2DTranspose(_QuantConvolution):
     def _kernel_shape(self, input_shape):
         return (*self.kernel_size, self.filters, input_shape[-1])
 
-    def _quantize(self, kernel_view, training):
+    def _container_bits(self):
         # TRANSPOSE_CONV has no int4 kernel (the converter fails on an i4 operand): fewer
         # bits are carried as int8 values on the weight_bits grid, the same values.
-        quantize = lambda: fake_quant_weights(kernel_view, self.weight_bits, self.per_channel,
-                                              container_bits=8)
-        if not training:
-            return quantize()
-        return pass_through_during_delay(self.step.value, self.quant_delay, kernel_view, quantize)
+        return 8
 
     def _kernel_view(self, kernel):
         return tf.transpose(kernel, [0, 1, 3, 2])

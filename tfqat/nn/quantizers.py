@@ -63,19 +63,36 @@ def fake_quant_weights(weights, bits=8, per_channel=True, container_bits=None):
       TensorShape([2, 2])
     """
     weights = tf.convert_to_tensor(weights)
+    bound, bits = _weight_bound(weights, bits, per_channel, container_bits)
+    if per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weights, -bound, bound, num_bits=bits, narrow_range=True)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        weights, -bound, bound, num_bits=bits, narrow_range=True)
+
+
+def weight_scale(weights, bits=8, per_channel=True, container_bits=None):
+    """The step of `fake_quant_weights` (per output channel, or one): the scale the converter
+    gives the int8 weights.
+
+    Example:
+      >>> float(weight_scale(tf.constant([[1.27]]), bits=8))
+      0.01
+    """
+    bound, bits = _weight_bound(tf.convert_to_tensor(weights), bits, per_channel, container_bits)
+    return bound / (2 ** (bits - 1) - 1)
+
+
+def _weight_bound(weights, bits, per_channel, container_bits):
+    """(range bound max|w|, widened to the container's step; fake quant bits)."""
     widen = 1.0
     if container_bits is not None and container_bits > bits:
         widen = (2 ** (container_bits - 1) - 1) / (2 ** (bits - 1) - 1)
         bits = container_bits
-    if per_channel:
-        axes = list(range(weights.shape.rank - 1))
-        bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights), axis=axes), _MIN_WEIGHT_RANGE))
-        bound = bound * widen
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            weights, -bound, bound, num_bits=bits, narrow_range=True)
-    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights)), _MIN_WEIGHT_RANGE)) * widen
-    return tf.quantization.fake_quant_with_min_max_vars(
-        weights, -bound, bound, num_bits=bits, narrow_range=True)
+    axes = list(range(weights.shape.rank - 1)) if per_channel else None
+    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights), axis=axes),
+                                        _MIN_WEIGHT_RANGE))
+    return bound * widen, bits
 
 
 def fake_quant_activations(x, range_min, range_max, bits=8):
@@ -197,6 +214,13 @@ class ActivationQuantizer(keras.layers.Layer):
         self.range_min.assign(lo)
         self.range_max.assign(hi)
         self.calibrated.assign(True)
+
+    def scale(self):
+        """The int8 step of the current range, as a float32 tensor: the scale the converter
+        gives this quantizer's tensor ((max - min) / (2^bits - 1))."""
+        lo, hi = self.fixed_range if self.fixed_range is not None else (self.range_min,
+                                                                         self.range_max)
+        return (tf.cast(hi, tf.float32) - tf.cast(lo, tf.float32)) / float(2 ** self.bits - 1)
 
     def current_range(self):
         """(min, max) as Python floats."""

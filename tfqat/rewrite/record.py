@@ -16,6 +16,7 @@ import dataclasses
 import warnings
 
 import keras
+from tfqat.rewrite import graph
 from tfqat.rewrite.graph import Functional
 
 # How a group's int8 output scale is set (see docs/design.md, "Scale policies").
@@ -190,6 +191,33 @@ class QATModel(Functional):
         if isinstance(record, dict):
             record = QuantizationRecord.from_config(record)
         self._quantization_record = record
+        self._link_bias_grids()
+
+    def _link_bias_grids(self):
+        """Links each fused layer that reads an ActivationQuantizer's tensor to it, so inference
+        adds the bias on the converter's int32 grid (FusedQuantLayer.link_input_quantizer)."""
+        from tfqat.nn.layers import FusedQuantLayer
+        from tfqat.nn.quantizers import ActivationQuantizer
+
+        record = self._quantization_record
+        # Layers whose int8 output is their input's tensor (padding, reshapes): looked through.
+        shared = {name for d in (record.decisions if record else ()) if d.scale_policy == SHARED
+                  for name in d.qat_layers}
+
+        def source_of(tensor):
+            while not graph.is_model_input(tensor) and graph.producer_of(tensor).name in shared:
+                tensor = graph.input_of(tensor)
+            return graph.producer_of(tensor)
+
+        for layer in self.layers:
+            if not isinstance(layer, FusedQuantLayer):
+                continue
+            sources = {id(source): source for source in
+                       (source_of(x) for x, _ in graph.calls_of(self, layer) if x is not None)}
+            if len(sources) == 1:
+                (source,) = sources.values()
+                if isinstance(source, ActivationQuantizer):
+                    layer.link_input_quantizer(source)
 
     @property
     def quantization_record(self) -> QuantizationRecord | None:
@@ -218,10 +246,13 @@ class QATModel(Functional):
           >>> with qat.converting():
           ...     flatbuffer = tf.lite.TFLiteConverter.from_keras_model(qat).convert()
         """
+        from tfqat.nn.layers import float_bias
+
         running = getattr(self, "_keras_export_running", False)
         self._keras_export_running = True
         try:
-            yield
+            with float_bias():  # the converter rounds the float bias itself
+                yield
         finally:
             self._keras_export_running = running
 
