@@ -9,17 +9,20 @@ DEPTHWISE_CONV_2D and FULLY_CONNECTED of the .tflite, fed the reference kernels'
 input, the int32 accumulator is computed exactly and requantized in four ways, each
 compared with the reference kernels' output tensor (fraction of values that differ):
 
-  float bias, one exact rounding   what the QAT graph computes (its bias is float and
-                                   its output fake quant rounds once; float32 noise aside)
-  int32 bias, one exact rounding   the converter's int32 bias rounding added
+  float bias, one exact rounding   what a QAT graph with a float bias computes (its output
+                                   fake quant rounds once; float32 noise aside): tfqat's
+                                   before inference used the int32 bias
+  int32 bias, one exact rounding   the converter's int32 bias rounding added: what tfqat's
+                                   QAT graph computes at inference
   int32 bias, TFLite fixed point   the reference kernels' requantization (a rounding
                                    high multiply, then a rounding shift): 0 expected
   int32 bias, XNNPACK float32      what LiteRT's default interpreter computes instead
 
 The QAT graph itself is measured too (`op_fidelity`'s rate of 1-LSB differences per
 quantizer, against the reference kernels), and end to end: top-1 agreement and mean LSB
-of the QAT model with the .tflite on the reference kernels and on XNNPACK, and of
-`tfqat.evaluate_int8` with the .tflite.
+of the QAT model with the .tflite on the reference kernels and on XNNPACK (also with the
+float bias, `tfqat.nn.layers.float_bias()`, as before), and of `tfqat.evaluate_int8` with
+the .tflite.
 
 Models: ResNet-8 and MobileNetV2 alpha 0.35 at 32x32, trained here on CIFAR-10 (--data:
 as bench/real.py's) with a short schedule (3,000 images, 3 float epochs, BN re-estimated,
@@ -197,13 +200,22 @@ def end_to_end(qat, tflite, data):
     import tfqat
     from tfqat.diagnostics import evaluation
 
+    from tfqat.nn.layers import float_bias
+
     reference = qat.predict(data["x_test"], batch_size=256, verbose=0)
+    with float_bias():
+        qat.predict_function = None  # traced again, with the float bias
+        before = qat.predict(data["x_test"], batch_size=256, verbose=0)
+    qat.predict_function = None
     scores = {}
     for kernels in ("reference", "xnnpack"):
         lite = evaluation.run_tflite(tflite, data["x_test"], kernels=kernels)
         fidelity = bench_run.outputs_fidelity(reference, lite, data["y_test"])
+        float_fidelity = bench_run.outputs_fidelity(before, lite, data["y_test"])
         ours = tfqat.evaluate_int8(tflite, data["x_test"], kernels=kernels).outputs.raw
         scores[kernels] = {
+            "float_bias_agreement": float_fidelity["agreement"],
+            "float_bias_mean_lsb": float_fidelity["mean_lsb"],
             "qat_agreement": fidelity["agreement"], "qat_mean_lsb": fidelity["mean_lsb"],
             "qat_disagreements_within_1_lsb": sum(d["qat_margin_lsb"] < 1
                                                   for d in fidelity["disagreements"]),
@@ -262,7 +274,10 @@ def render(results):
                 f"{graph['max_lsb']:.0f} LSB) | {100 * graph['mean_rate']:.3f} % | |", "",
                 "| end to end | reference kernels | XNNPACK |", "| --- | --- | --- |"]
         ref, xnn = entry["end_to_end"]["reference"], entry["end_to_end"]["xnnpack"]
-        out += [f"| QAT model vs .tflite: top-1 agreement | {100 * ref['qat_agreement']:.2f} % | "
+        out += [f"| QAT model with a float bias vs .tflite: top-1 agreement, mean output LSB | "
+                f"{100 * ref['float_bias_agreement']:.2f} %, {ref['float_bias_mean_lsb']:.3f} | "
+                f"{100 * xnn['float_bias_agreement']:.2f} %, {xnn['float_bias_mean_lsb']:.3f} |",
+                f"| QAT model vs .tflite: top-1 agreement | {100 * ref['qat_agreement']:.2f} % | "
                 f"{100 * xnn['qat_agreement']:.2f} % |",
                 f"| QAT model vs .tflite: mean output LSB | {ref['qat_mean_lsb']:.3f} | "
                 f"{xnn['qat_mean_lsb']:.3f} |",

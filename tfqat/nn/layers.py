@@ -233,8 +233,8 @@ class FusedQuantLayer(keras.layers.Layer):
         (s_in * s_w per channel), `quantizer` being the ActivationQuantizer whose tensor this
         layer reads. QATModel links its layers; without a link the bias stays float.
 
-        The measured reason (docs/design.md, "Fidelity on deep nets"): with a float bias, 0.03-0.09 %
-        of a conv's int8 outputs differ by 1 LSB from XNNPACK's, and deep nets compound them.
+        Why (docs/design.md, "Fidelity on deep nets"): with a float bias, 0.03-0.09 % of a
+        conv's int8 outputs differ by 1 LSB from XNNPACK's, and deep nets compound them.
         The link is not tracked (the quantizer is the model's layer, not this one's).
 
         Example:
