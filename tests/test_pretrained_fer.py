@@ -75,19 +75,26 @@ def test_fer_mini_xception_calibrated_and_exported(record_property):
     assert ops.max_diff_lsb <= 1.0 + 1e-3, str(ops)  # float rounding of the LSB ratio
 
     diff = tfqat.compare_tflite(qat, flatbuffer, test)
+    on_xnnpack = tfqat.compare_tflite(qat, flatbuffer, test, kernels="xnnpack")
     float_top1 = model.predict(test, verbose=0).argmax(-1)
     qat_top1 = qat.predict(test, verbose=0).argmax(-1)
     figures = {"quantizers_checked": ops.num_checked, "op_max_diff_lsb": ops.max_diff_lsb,
                "qat_tflite_agreement": diff.agreement,
                "output_mean_diff_lsb": diff.summary.mean_diff_lsb,
                "output_max_diff_lsb": diff.summary.max_diff_lsb,
+               "xnnpack_agreement": on_xnnpack.agreement,
+               "xnnpack_output_mean_diff_lsb": on_xnnpack.summary.mean_diff_lsb,
                "float_qat_agreement": float(np.mean(float_top1 == qat_top1))}
     for name, value in figures.items():
         record_property(name, value)
     print(figures)
     # What holds today, not the goal: issue 12's target is >= 99.5% agreement and <= 0.5 LSB.
-    # Measured here (non-face images, so many near-tied outputs): 93.7% and 2.23 LSB mean;
-    # float vs QAT (fake-quant) top-1 agreement 95.3%.
+    # Measured here (non-face images, so many near-tied outputs): on XNNPACK (LiteRT's
+    # default) 98.6% and 0.59 LSB mean (94.6% and 2.07 LSB with a float bias at inference);
+    # on the builtin kernels, which requantize with two roundings, 94.5% and 2.18 LSB;
+    # float vs QAT (fake-quant) top-1 agreement 94.4%.
+    assert on_xnnpack.agreement >= 0.97, figures
+    assert on_xnnpack.summary.mean_diff_lsb <= 1.0, figures
     assert diff.agreement >= 0.90, figures
     assert diff.summary.mean_diff_lsb <= 3.0, figures
     assert figures["float_qat_agreement"] >= 0.9, figures
