@@ -289,6 +289,13 @@ def render(results):
                 f"| evaluate_int8 vs .tflite: identical int8 outputs | "
                 f"{100 * ref['int8_eval_identical']:.2f} % | {100 * xnn['int8_eval_identical']:.2f} % |",
                 ""]
+    out += ["At inference tfqat's QAT graph adds the bias on the converter's int32 grid: the "
+            "\"int32 bias, one rounding\" row, which is XNNPACK's arithmetic. The \"float bias\" "
+            "row is what it computed before; the end-to-end row \"with a float bias\" measures "
+            "that graph (`tfqat.nn.layers.float_bias()`). Against the reference and builtin "
+            "kernels the two-rounding requantization remains (\"TFLite fixed point\"); "
+            "`evaluate_int8(kernels=\"reference\")` computes it exactly. docs/design.md, "
+            "\"Fidelity on deep nets\", says why.", ""]
     return "\n".join(out) + "\n"
 
 
