@@ -1,0 +1,51 @@
+"""bench/fidelity_sources.py's per-op requantizations against the real LiteRT kernels: its
+fixed-point form is the reference kernels' output value for value, and the QAT graph's bias
+(the int32 grid) with one rounding is XNNPACK's arithmetic."""
+
+import importlib.util
+import pathlib
+import sys
+
+import keras
+import numpy as np
+
+import tfqat
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_fidelity_sources",
+                                                  BENCH / "fidelity_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model():
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(x)
+    x = keras.layers.Dense(5)(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(2)
+    for variable in model.weights:
+        if variable.path.split("/")[-1] in ("bias", "beta"):
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    return model
+
+
+def test_requantizations_match_the_kernels_they_stand_for():
+    sources = _load()
+    qat = tfqat.quantize_model(_model())
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 10, 10, 3)).astype("float32")
+    tfqat.calibrate(qat, x)
+    rows = sources.op_sources(qat, tfqat.export_tflite(qat), x)
+    assert sorted(r["op"] for r in rows) == ["CONV_2D", "CONV_2D", "DEPTHWISE_CONV_2D"]
+    for row in rows:
+        assert set(row["differ"]) == set(sources.WAYS), row  # every layer's float bias found
+        assert row["differ"]["int32 bias, TFLite fixed point"] == 0.0, row
+        assert row["differ_xnnpack"]["int32 bias, one rounding"] <= 1e-3, row
