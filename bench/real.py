@@ -573,7 +573,8 @@ def render(results, plot_path):
     for model, variants in stats.items():
         fs = float_stats[model]
         note = (f" (BatchNorm statistics re-estimated after float training: "
-                f"{_pct(fs['before'])} before)" if fs["reestimated"] else "")
+                f"{_pct(fs['before'])} before; the per-epoch figures below use the moving "
+                "statistics as training left them)" if fs["reestimated"] else "")
         curve = ", ".join(f"{100 * a:.1f}" for a in fs["curve"])
         short = ""
         if model == "resnet8" and fs["curve"] and fs["accuracy"][0] < 0.85:

