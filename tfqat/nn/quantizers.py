@@ -76,7 +76,7 @@ def weight_scale(weights, bits=8, per_channel=True, container_bits=None):
     gives the int8 weights.
 
     Example:
-      >>> round(float(weight_scale(tf.constant([[1.27]]), bits=8)), 6)
+      >>> round(float(weight_scale(tf.constant([[1.27]]), per_channel=False)), 6)
       0.01
     """
     bound, bits = _weight_bound(tf.convert_to_tensor(weights), bits, per_channel, container_bits)
