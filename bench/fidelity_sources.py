@@ -229,18 +229,8 @@ def qat_graph_rate(qat, tflite, x):
     """Mean over quantizers of op_fidelity's 1-LSB difference rate, against the reference
     kernels (each quantizer fed the .tflite's own tensors)."""
     from tfqat.diagnostics import fidelity
-    from tfqat.export import reader
 
-    original = reader.TFLiteModel.interpreter
-
-    def on_reference(self, kernels="builtin", **kwargs):
-        return original(self, kernels="reference", **kwargs)
-
-    reader.TFLiteModel.interpreter = on_reference  # op_fidelity reads the builtin kernels
-    try:
-        result = fidelity.op_fidelity(qat, tflite, x)
-    finally:
-        reader.TFLiteModel.interpreter = original
+    result = fidelity.op_fidelity(qat, tflite, x, kernels="reference")
     return {"quantizers": result.num_checked, "max_lsb": result.max_diff_lsb,
             "mean_rate": float(np.mean([d.mean_diff_lsb for d in result.diffs]))}
 

@@ -43,9 +43,12 @@ def test_requantizations_match_the_kernels_they_stand_for():
     qat = tfqat.quantize_model(_model())
     x = np.random.default_rng(0).uniform(-1, 1, (64, 10, 10, 3)).astype("float32")
     tfqat.calibrate(qat, x)
-    rows = sources.op_sources(qat, tfqat.export_tflite(qat), x)
+    tflite = tfqat.export_tflite(qat)
+    rows = sources.op_sources(qat, tflite, x)
     assert sorted(r["op"] for r in rows) == ["CONV_2D", "CONV_2D", "DEPTHWISE_CONV_2D"]
     for row in rows:
         assert set(row["differ"]) == set(sources.WAYS), row  # every layer's float bias found
         assert row["differ"]["int32 bias, TFLite fixed point"] == 0.0, row
         assert row["differ_xnnpack"]["int32 bias, one rounding"] <= 1e-3, row
+    graph = sources.qat_graph_rate(qat, tflite, x)  # op_fidelity on the reference kernels
+    assert graph["quantizers"] >= 3 and graph["max_lsb"] <= 1.0 + 1e-3, graph

@@ -26,6 +26,15 @@ def test_every_quantized_tensor_is_found_and_within_one_lsb(exported):
     assert "op-by-op: 8/8 quantized tensors compared" in str(result)
 
 
+def test_the_reference_kernels_tensors_are_compared_on_request(exported):
+    qat, flatbuffer = exported
+    result = op_fidelity(qat, flatbuffer, random_images(8, seed=3), kernels="reference")
+    assert result.num_checked == 8 and not result.unmatched
+    assert result.max_diff_lsb <= 1.0 + 1e-3
+    with pytest.raises(ValueError, match="kernels='xnnpack'"):
+        op_fidelity(qat, flatbuffer, random_images(8, seed=3), kernels="xnnpack")
+
+
 def test_a_layer_that_differs_from_the_tflite_is_pointed_at(exported):
     qat, flatbuffer = exported
     conv2 = qat.get_layer("conv2")

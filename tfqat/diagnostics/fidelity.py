@@ -79,11 +79,12 @@ class OpFidelity:
         return "\n".join(lines)
 
 
-def op_fidelity(qat_model, tflite, x) -> OpFidelity:
+def op_fidelity(qat_model, tflite, x, kernels: str = "builtin") -> OpFidelity:
     """Compares every activation quantizer's tensor with the .tflite's, op by op.
 
     `x` is a batch of float inputs: an array, or for several inputs a list (Keras input
-    order) or a dict keyed by input name.
+    order) or a dict keyed by input name. `kernels`: the LiteRT kernels whose tensors are
+    compared, "builtin" or "reference" (XNNPACK keeps no intermediate tensors).
 
     Example:
       >>> flatbuffer = tfqat.export_tflite(qat)
@@ -91,12 +92,15 @@ def op_fidelity(qat_model, tflite, x) -> OpFidelity:
       >>> result.max_diff_lsb <= 1.0, result.num_checked
       (True, 12)
     """
+    if kernels not in ("builtin", "reference"):
+        raise ValueError(f"op_fidelity: kernels={kernels!r}; use 'builtin' or 'reference' "
+                         "(XNNPACK keeps no intermediate tensors to compare).")
     x = check_inputs(qat_model, x, "x", "op_fidelity")
     inputs = x if isinstance(x, list) else [x]
     count = len(inputs[0])
     calls = {op.name: len(graph.calls_of(qat_model, op)) for op in qat_model.operations}
     names = [graph.producer_of(t).name for t in qat_model.inputs]
-    tensors = _TFLiteTensors(tflite, dict(zip(names, inputs)), calls)
+    tensors = _TFLiteTensors(tflite, dict(zip(names, inputs)), calls, kernels)
     quantizer_calls = []  # (name, quantizer, call input, call output)
     unmatched_inner = []
     for entry in record_of(qat_model).quantizers:
@@ -253,9 +257,9 @@ class _TFLiteTensors:
     """The .tflite run once on `inputs` ({Keras input name: array}), every intermediate tensor
     kept."""
 
-    def __init__(self, tflite, inputs, calls):
+    def __init__(self, tflite, inputs, calls, kernels="builtin"):
         model = read_tflite(tflite)
-        self.interpreter = model.interpreter(preserve_all_tensors=True)
+        self.interpreter = model.interpreter(preserve_all_tensors=True, kernels=kernels)
         # The .tflite lists its inputs by name, sorted, not in Keras's order.
         inputs = ([inputs[name] for name in model.input_names] if set(inputs) == set(model.input_names)
                   else list(inputs.values()))
