@@ -138,14 +138,15 @@ def requantized(op, acc, bias_int, bias_float, x_t, w_t, out_t):
     if bias_float is not None:
         ways[WAYS[0]] = finish(np.floor(acc * multiplier + bias_float / out_t.scale + 0.5))
     ways[WAYS[1]] = finish(np.floor(with_int_bias * multiplier + 0.5))
-    pairs = [int8_eval.quantize_multiplier(float(x_t.scale) * float(s) / float(out_t.scale))
-             for s in w_scales]
-    mantissa, shift = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     multiply = (int8_eval.multiply_by_quantized_multiplier_single_rounding
                 if op.name == "FULLY_CONNECTED" else int8_eval.multiply_by_quantized_multiplier)
     if op.name == "FULLY_CONNECTED" and not w_t.per_axis:
         mantissa, shift = int8_eval.quantize_multiplier(float(x_t.scale) * float(w_t.scale) /
                                                         float(out_t.scale))
+    else:
+        pairs = [int8_eval.quantize_multiplier(float(x_t.scale) * float(s) / float(out_t.scale))
+                 for s in w_scales]
+        mantissa, shift = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     fixed = multiply(tf.constant(np.round(with_int_bias).astype(np.int64)), mantissa, shift)
     ways[WAYS[2]] = finish(fixed.numpy())
     scale32 = (np.float32(x_t.scale) * w_scales.astype(np.float32)) / np.float32(out_t.scale)
@@ -197,9 +198,6 @@ def end_to_end(qat, tflite, data):
     """QAT model vs .tflite (reference kernels and XNNPACK), evaluate_int8 vs .tflite."""
     import run as bench_run
 
-    import tfqat
-    from tfqat.diagnostics import evaluation
-
     from tfqat.nn.layers import float_bias
 
     reference = qat.predict(data["x_test"], batch_size=256, verbose=0)
@@ -209,19 +207,18 @@ def end_to_end(qat, tflite, data):
     qat.predict_function = None
     scores = {}
     for kernels in ("reference", "xnnpack"):
-        lite = evaluation.run_tflite(tflite, data["x_test"], kernels=kernels)
-        fidelity = bench_run.outputs_fidelity(reference, lite, data["y_test"])
+        int8_eval, lite = real.int8_eval_vs_tflite(tflite, data["x_test"], kernels)
+        fidelity = real.fidelity_summary(bench_run.outputs_fidelity(reference, lite,
+                                                                    data["y_test"]))
         float_fidelity = bench_run.outputs_fidelity(before, lite, data["y_test"])
-        ours = tfqat.evaluate_int8(tflite, data["x_test"], kernels=kernels).outputs.raw
         scores[kernels] = {
             "float_bias_agreement": float_fidelity["agreement"],
             "float_bias_mean_lsb": float_fidelity["mean_lsb"],
             "qat_agreement": fidelity["agreement"], "qat_mean_lsb": fidelity["mean_lsb"],
-            "qat_disagreements_within_1_lsb": sum(d["qat_margin_lsb"] < 1
-                                                  for d in fidelity["disagreements"]),
-            "qat_disagreements": len(fidelity["disagreements"]),
-            "int8_eval_top1": float(np.mean(ours.argmax(-1) == lite.raw.argmax(-1))),
-            "int8_eval_identical": float(np.mean(np.all(ours == lite.raw, axis=-1)))}
+            "qat_disagreements_within_1_lsb": fidelity["disagreements_within_1_lsb"],
+            "qat_disagreements": fidelity["disagreements"],
+            "int8_eval_top1": int8_eval["top1"],
+            "int8_eval_identical": int8_eval["identical_outputs"]}
     return scores
 
 
@@ -237,8 +234,8 @@ def qat_graph_rate(qat, tflite, x):
 
 def render(results):
     out = ["## Where the QAT model and the integer kernels part (bench/fidelity_sources.py)", "",
-           f"Written by `python bench/fidelity_sources.py --data=…` ({results['total_s'] / 60:.1f} "
-           f"min on {results['cores']} cores shared with other jobs). Each model: {TRAIN} CIFAR-10 "
+           "Written by `python bench/fidelity_sources.py --data=…` "
+           f"({results['total_s'] / 60:.1f} min on {results['cores']} cores shared with other jobs). Each model: {TRAIN} CIFAR-10 "
            f"training images, {FLOAT_EPOCHS} float epochs, BN re-estimated, 1 QAT epoch (BN "
            f"freeze halfway); {TEST} test images end to end, {PROBE_IMAGES} for the per-op "
            "counts. Per op, each requantization of the exact int32 accumulator (fed the "
@@ -247,8 +244,10 @@ def render(results):
     for model, entry in results["models"].items():
         rows = entry["ops"]
         weights = np.array([r["values"] for r in rows], np.float64)
-        out += [f"### {model}", "", f"{len(rows)} ops ({', '.join(sorted({r['op'] for r in rows}))}), "
-                f"median multiplier s_in·s_w/s_out {np.median([r['median_multiplier'] for r in rows]):.4f}.",
+        op_types = ", ".join(sorted({r["op"] for r in rows}))
+        multiplier = np.median([r["median_multiplier"] for r in rows])
+        out += [f"### {model}", "", f"{len(rows)} ops ({op_types}), median multiplier "
+                f"s_in·s_w/s_out {multiplier:.4f}.",
                 "", "| requantization | values that differ from the reference kernels | "
                 "from XNNPACK's arithmetic |", "| --- | --- | --- |"]
 
@@ -274,10 +273,11 @@ def render(results):
                 f"| disagreeing images where the QAT top-2 margin is under 1 output LSB | "
                 f"{ref['qat_disagreements_within_1_lsb']} of {ref['qat_disagreements']} | "
                 f"{xnn['qat_disagreements_within_1_lsb']} of {xnn['qat_disagreements']} |",
-                f"| evaluate_int8 vs .tflite: top-1 agreement | {100 * ref['int8_eval_top1']:.2f} % | "
-                f"{100 * xnn['int8_eval_top1']:.2f} % |",
+                f"| evaluate_int8 vs .tflite: top-1 agreement | "
+                f"{100 * ref['int8_eval_top1']:.2f} % | {100 * xnn['int8_eval_top1']:.2f} % |",
                 f"| evaluate_int8 vs .tflite: identical int8 outputs | "
-                f"{100 * ref['int8_eval_identical']:.2f} % | {100 * xnn['int8_eval_identical']:.2f} % |",
+                f"{100 * ref['int8_eval_identical']:.2f} % | "
+                f"{100 * xnn['int8_eval_identical']:.2f} % |",
                 ""]
     out += ["At inference tfqat's QAT graph adds the bias on the converter's int32 grid: the "
             "\"int32 bias, one rounding\" row, which is XNNPACK's arithmetic. The \"float bias\" "

@@ -165,7 +165,7 @@ def _accuracy(probabilities, labels):
     return float(np.mean(np.asarray(probabilities).argmax(-1) == labels))
 
 
-def _fidelity(scores):
+def fidelity_summary(scores):
     """The summary of one fidelity measurement: disagreements become counts, with those where
     the QAT model's own top-2 margin is under one output LSB (the int8 output cannot hold that
     ranking) counted apart."""
@@ -181,33 +181,37 @@ def _score(tflite, reference, data):
     builtin kernels (top level) and on XNNPACK ("xnnpack")."""
     import run as bench_run
 
-    scores, on_xnnpack = (_fidelity(bench_run.tflite_fidelity(
+    scores, on_xnnpack = (fidelity_summary(bench_run.tflite_fidelity(
         reference, tflite, data["x_test"], data["y_test"], kernels=kernels))
         for kernels in ("builtin", "xnnpack"))
     return {**scores, "xnnpack": on_xnnpack, "bytes": len(tflite)}
 
 
-def _int8_eval_agreement(tflite, reference, data):
-    """How often `tfqat.evaluate_int8` computes what the .tflite computes on the test set (top-1
-    agreement, identical int8 outputs), for each kernel set it simulates; and the fidelity of
-    the .tflite to `reference` (its QAT model's outputs) on the reference kernels."""
-    import run as bench_run
-
+def int8_eval_vs_tflite(tflite, x, kernels):
+    """How often `tfqat.evaluate_int8(kernels=...)` computes what the .tflite computes on those
+    kernels (top-1 agreement, identical int8 outputs, max difference), and the .tflite's
+    outputs (run_tflite's)."""
     import tfqat
     from tfqat.diagnostics import evaluation
 
-    scores = {}
-    for kernels in ("reference", "xnnpack"):
-        ours = tfqat.evaluate_int8(tflite, data["x_test"], kernels=kernels).outputs.raw
-        lite = evaluation.run_tflite(tflite, data["x_test"], kernels=kernels)
-        scores[kernels] = {
-            "top1": float(np.mean(ours.argmax(-1) == lite.raw.argmax(-1))),
+    ours = tfqat.evaluate_int8(tflite, x, kernels=kernels).outputs.raw
+    lite = evaluation.run_tflite(tflite, x, kernels=kernels)
+    return {"top1": float(np.mean(ours.argmax(-1) == lite.raw.argmax(-1))),
             "identical_outputs": float(np.mean(np.all(ours == lite.raw, axis=-1))),
-            "max_lsb": int(np.abs(ours.astype(np.int32) - lite.raw).max())}
-        if kernels == "reference":
-            reference_fidelity = _fidelity(bench_run.outputs_fidelity(reference, lite,
-                                                                      data["y_test"]))
-    return scores, reference_fidelity
+            "max_lsb": int(np.abs(ours.astype(np.int32) - lite.raw).max())}, lite
+
+
+def _int8_eval_agreement(tflite, reference, data):
+    """`int8_eval_vs_tflite` for each kernel set evaluate_int8 simulates, and the fidelity of
+    the .tflite to `reference` (its QAT model's outputs) on the reference kernels."""
+    import run as bench_run
+
+    scores, outputs = {}, {}
+    for kernels in ("reference", "xnnpack"):
+        scores[kernels], outputs[kernels] = int8_eval_vs_tflite(tflite, data["x_test"], kernels)
+    reference_fidelity = bench_run.outputs_fidelity(reference, outputs["reference"],
+                                                    data["y_test"])
+    return scores, fidelity_summary(reference_fidelity)
 
 
 def _export(qat):
@@ -403,8 +407,9 @@ def collect(results):
             for row, scores in rows.items():
                 slot = table.setdefault(entry["model"], {}).setdefault(variant, {}).setdefault(
                     row, {})
+                scores = scores or {}  # None: a row that was not measured
                 for _, key, prefix in KERNEL_SETS:
-                    kernel_scores = (scores or {}).get(key) or {} if key else scores or {}
+                    kernel_scores = scores.get(key, {}) if key else scores
                     for metric in METRICS:
                         slot.setdefault(prefix + metric, []).append(kernel_scores.get(metric))
     stats = {m: {v: {r: {k: _mean_std(vals) for k, vals in metrics.items()}
