@@ -154,7 +154,8 @@ def accuracies(data, config):
     float_model, float_info = real.train_float(real.RESNET8, data, config, seed=0)
     out = {"float": float_info["accuracy"]}
     for mode in MODES:
-        out[mode] = real.tfqat_qat(float_model, {"bn_fold": mode}, "minmax", data, config, seed=0)
+        out[mode], _, _ = real.tfqat_qat(float_model, {"bn_fold": mode}, "minmax", data, config,
+                                         seed=0)
     return out
 
 
