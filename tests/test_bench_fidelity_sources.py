@@ -52,3 +52,29 @@ def test_requantizations_match_the_kernels_they_stand_for():
         assert row["differ_xnnpack"]["int32 bias, one rounding"] <= 1e-3, row
     graph = sources.qat_graph_rate(qat, tflite, x)  # op_fidelity on the reference kernels
     assert graph["quantizers"] >= 3 and graph["max_lsb"] <= 1.0 + 1e-3, graph
+
+
+def test_mean_requantizations_match_the_kernels_they_stand_for():
+    # LayerNormalization's two MEANs and a global pool: the fixed-point form is the reference
+    # kernels' MEAN value for value, and without a right shift it is one exact rounding.
+    sources = _load()
+    inputs = keras.Input((12, 16))
+    x = keras.layers.Dense(16)(inputs)
+    x = keras.layers.LayerNormalization()(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    qat = tfqat.quantize_model(keras.Model(inputs, keras.layers.Dense(4)(x)))
+    x = np.random.default_rng(0).normal(0, 1, (64, 12, 16)).astype("float32")
+    tfqat.calibrate(qat, x)
+    rows = sources.mean_sources(tfqat.export_tflite(qat), x)
+    assert len(rows) == 3, rows
+    for row in rows:
+        assert row["differ"]["TFLite fixed point"] == 0.0, row
+        exact = row["differ"]["one exact rounding"]
+        if row["shift"] >= 0:
+            assert exact == 0.0, row
+        else:  # the intermediate is on a 2^shift LSB grid: about 2^(shift - 1) of the values move
+            assert 0.5 * 2.0 ** (row["shift"] - 1) < exact < 1.5 * 2.0 ** (row["shift"] - 1), row
+        assert row["differ_xnnpack"]["one exact rounding"] <= 1e-3, row  # XNNPACK rounds once
+    assert any(row["shift"] < 0 for row in rows)  # these scales give LayerNorm's right shift
+    section = "\n".join(sources._mean_table(rows))
+    assert section.count("| MEAN, ") == len({min(r["shift"], 0) for r in rows})

@@ -487,6 +487,24 @@ def _axes(ctx, op, tensor, rank):
     return axes
 
 
+def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple:
+    """(mantissa, shift) of an int8 MEAN of `count` values on the reference kernels.
+
+    QuantizedMeanOrSum, which they use for every int8 mean (equal scales and keep_dims
+    included), folds 1/count into in_scale / out_scale's multiplier by an integer division.
+    A negative shift is a rounding right shift after the rounding high multiply: the
+    intermediate is rounded to 2^shift output LSB, so about 2^(shift - 1) of the outputs
+    differ by 1 LSB from one exact rounding (docs/design.md, "Fidelity on deep nets").
+
+    Example:
+      >>> mean_multiplier(0.1, 0.01, 32)  # 0.3125 = 0.625 * 2^-1: one right shift
+      (1342177280, -1)
+    """
+    mantissa, shift = quantize_multiplier(in_scale / out_scale)
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    return (mantissa << extra) // count, shift - extra
+
+
 def _mean(ctx, op):
     x_t, out = op.inputs[0], op.outputs[0]
     _requires_int8(ctx, op, [x_t, out])
@@ -494,8 +512,6 @@ def _mean(ctx, op):
     axes = _axes(ctx, op, op.inputs[1], rank)
     keep_dims = bool(op.options.get("keep_dims"))
     count = int(np.prod([x_t.shape[a] for a in axes]))
-    mantissa, shift = quantize_multiplier(x_t.scale / out.scale)
-
     if ctx.kernels == "xnnpack":  # float32 scale for the sum, rounded half to even
         scale = np.float32(x_t.scale) / (np.float32(out.scale) * np.float32(count))
 
@@ -503,12 +519,8 @@ def _mean(ctx, op):
             acc = tf.reduce_sum(inputs[0], axis=axes, keepdims=keep_dims) - x_t.zero_point * count
             scaled = tf.round(tf.cast(acc, tf.float32) * scale)
             return _clamp(tf.cast(scaled, tf.int64) + out.zero_point)
-    # QuantizedMeanOrSum, which the reference kernels use for every int8 mean (equal scales
-    # and keep_dims included): 1/count folded into the multiplier.
     else:
-        extra = min(count.bit_length() - 1, 32, 31 + shift)
-        mean_mantissa = (mantissa << extra) // count
-        mean_shift = shift - extra
+        mean_mantissa, mean_shift = mean_multiplier(x_t.scale, out.scale, count)
 
         def run(inputs, batch):
             acc = tf.reduce_sum(inputs[0], axis=axes, keepdims=keep_dims) - x_t.zero_point * count
