@@ -165,8 +165,9 @@ def requantized(op, acc, bias_int, bias_float, x_t, w_t, out_t):
     return ways
 
 
-def _reference_run(tflite, x):
-    """(the .tflite read, its reference-kernel interpreter after running `x`, every tensor kept)."""
+def reference_run(tflite, x):
+    """(the .tflite read, its reference-kernel interpreter after running `x`, every tensor
+    kept): what op_sources and mean_sources read."""
     from tfqat.export import reader
 
     model = reader.read_tflite(tflite)
@@ -179,10 +180,11 @@ def _reference_run(tflite, x):
     return model, interpreter
 
 
-def op_sources(qat, tflite, x):
-    """Per op: its name, type, median multiplier and {way: fraction of values that differ from
-    the reference kernels} ("differ") and from XNNPACK's arithmetic ("differ_xnnpack")."""
-    model, interpreter = _reference_run(tflite, x)
+def op_sources(qat, run):
+    """Per op of `run` (reference_run's): its name, type, median multiplier and {way: fraction
+    of values that differ from the reference kernels} ("differ") and from XNNPACK's arithmetic
+    ("differ_xnnpack")."""
+    model, interpreter = run
     biases = _float_biases(qat)
     rows = []
     for op in model.ops:
@@ -209,22 +211,24 @@ def op_sources(qat, tflite, x):
     return rows
 
 
-def mean_sources(tflite, x):
-    """Per int8 MEAN: its multiplier s_in / (s_out * n), the reference kernels' shift after the
-    high multiply, and {way: fraction of values that differ from the reference kernels}, the
+def mean_sources(run):
+    """Per int8 MEAN of `run` (reference_run's): its multiplier s_in / (s_out * n), the
+    reference kernels' shift after the high multiply, and {way: fraction of values that differ
+    from the reference kernels} ("differ") and from XNNPACK's float32 ("differ_xnnpack"), the
     ways being MEAN_WAYS (one exact rounding, TFLite fixed point, XNNPACK float32)."""
     import tensorflow as tf
 
     from tfqat.diagnostics import int8_eval
 
-    model, interpreter = _reference_run(tflite, x)
+    model, interpreter = run
     rows = []
     for op in model.ops:
         if op.name != "MEAN":
             continue
         x_t, out_t = op.inputs[0], op.outputs[0]
         values = interpreter.get_tensor(x_t.index).astype(np.int64) - x_t.zero_point
-        axes = tuple(int(a) % values.ndim for a in np.atleast_1d(model.constants[op.inputs[1].index]))
+        axes = np.atleast_1d(model.constants[op.inputs[1].index])
+        axes = tuple(int(a) % values.ndim for a in axes)
         count = int(np.prod([values.shape[a] for a in axes]))
         expected = interpreter.get_tensor(out_t.index).astype(np.int64)
         acc = values.sum(axis=axes, keepdims=True).reshape(expected.shape)
@@ -307,10 +311,11 @@ def _mean_table(rows):
 def render(results):
     out = ["## Where the QAT model and the integer kernels part (bench/fidelity_sources.py)", "",
            "Written by `python bench/fidelity_sources.py --data=…` "
-           f"({results['total_s'] / 60:.1f} min on {results['cores']} cores shared with other jobs). Each model: {TRAIN} CIFAR-10 "
-           f"training images, {FLOAT_EPOCHS} float epochs, BN re-estimated (where there is BN), 1 "
-           f"QAT epoch (BN freeze halfway); {TEST} test images end to end, {PROBE_IMAGES} for the per-op "
-           "counts. Per op, each requantization of the exact int32 accumulator (fed the "
+           f"({results['total_s'] / 60:.1f} min on {results['cores']} cores shared with other "
+           f"jobs). Each model: {TRAIN} CIFAR-10 training images, {FLOAT_EPOCHS} float epochs, "
+           "BN re-estimated (where there is BN), 1 QAT epoch (BN freeze halfway); "
+           f"{TEST} test images end to end, {PROBE_IMAGES} for the per-op counts. Per op, each "
+           "requantization of the exact int32 accumulator (fed the "
            "reference kernels' own int8 input) is compared with the reference kernels' output "
            "tensor: the share of output values that differ (all differences are 1 LSB).", ""]
     for model, entry in results["models"].items():
@@ -387,8 +392,9 @@ def main(argv=None):
         qat = train_qat(spec, data)
         tflite = real._export(qat)
         probe = data["x_test"][:PROBE_IMAGES]
-        results["models"][spec["key"]] = {"ops": op_sources(qat, tflite, probe),
-                                          "means": mean_sources(tflite, probe),
+        run = reference_run(tflite, probe)
+        results["models"][spec["key"]] = {"ops": op_sources(qat, run),
+                                          "means": mean_sources(run),
                                           "qat_graph": qat_graph_rate(qat, tflite, probe),
                                           "end_to_end": end_to_end(qat, tflite, data)}
     results["total_s"] = time.perf_counter() - started

@@ -44,7 +44,7 @@ def test_requantizations_match_the_kernels_they_stand_for():
     x = np.random.default_rng(0).uniform(-1, 1, (64, 10, 10, 3)).astype("float32")
     tfqat.calibrate(qat, x)
     tflite = tfqat.export_tflite(qat)
-    rows = sources.op_sources(qat, tflite, x)
+    rows = sources.op_sources(qat, sources.reference_run(tflite, x))
     assert sorted(r["op"] for r in rows) == ["CONV_2D", "CONV_2D", "DEPTHWISE_CONV_2D"]
     for row in rows:
         assert set(row["differ"]) == set(sources.WAYS), row  # every layer's float bias found
@@ -65,7 +65,7 @@ def test_mean_requantizations_match_the_kernels_they_stand_for():
     qat = tfqat.quantize_model(keras.Model(inputs, keras.layers.Dense(4)(x)))
     x = np.random.default_rng(0).normal(0, 1, (64, 12, 16)).astype("float32")
     tfqat.calibrate(qat, x)
-    rows = sources.mean_sources(tfqat.export_tflite(qat), x)
+    rows = sources.mean_sources(sources.reference_run(tfqat.export_tflite(qat), x))
     assert len(rows) == 3, rows
     for row in rows:
         assert row["differ"]["TFLite fixed point"] == 0.0, row
